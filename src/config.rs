@@ -83,3 +83,104 @@ pub struct Entry {
     pub proxy: Option<Proxy>,
     pub options: Options,
 }
+
+// ---- TEMPORARY STUBS (replaced by the real parser) ----
+impl fmt::Debug for Credentials {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}:***", self.user)
+    }
+}
+#[derive(Debug, Clone)]
+pub struct Error {
+    pub file: String,
+    pub line: usize,
+    pub message: String,
+}
+impl fmt::Display for Error {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}:{}: {}", self.file, self.line, self.message)
+    }
+}
+impl fmt::Display for Entry {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{} {} {}", self.listen, self.dest.host, self.dest.port)
+    }
+}
+impl Entry {
+    pub fn same_settings(&self, other: &Entry) -> bool {
+        let mut a = self.clone();
+        a.line = other.line;
+        &a == other
+    }
+}
+impl HostPort {
+    pub fn authority(&self) -> String {
+        if self.host.contains(':') {
+            format!("[{}]:{}", self.host, self.port)
+        } else {
+            format!("{}:{}", self.host, self.port)
+        }
+    }
+}
+pub fn load(path: &Path) -> Result<Config, Vec<Error>> {
+    let text = std::fs::read_to_string(path).map_err(|e| {
+        vec![Error {
+            file: path.display().to_string(),
+            line: 0,
+            message: e.to_string(),
+        }]
+    })?;
+    let mut entries = Vec::new();
+    for (i, l) in text.lines().enumerate() {
+        let f: Vec<&str> = l.split_whitespace().collect();
+        if f.len() < 3 || f[0].starts_with('#') {
+            continue;
+        }
+        let err = |m: &str| {
+            vec![Error {
+                file: path.display().to_string(),
+                line: i + 1,
+                message: m.into(),
+            }]
+        };
+        let listen: SocketAddr = if f[0].contains(':') {
+            f[0].parse().map_err(|_| err("listen"))?
+        } else {
+            format!("127.0.0.1:{}", f[0])
+                .parse()
+                .map_err(|_| err("listen"))?
+        };
+        let port: u16 = f[2].parse().map_err(|_| err("port"))?;
+        let proxy = if f.len() >= 5 {
+            Some(Proxy {
+                addr: HostPort {
+                    host: f[3].into(),
+                    port: f[4].parse().map_err(|_| err("pport"))?,
+                },
+                credentials: None,
+                auth_file: None,
+                auth_scheme: AuthScheme::Auto,
+                headers: vec![],
+            })
+        } else {
+            None
+        };
+        entries.push(Entry {
+            line: i + 1,
+            listen,
+            dest: HostPort {
+                host: f[1].into(),
+                port,
+            },
+            proxy,
+            options: Options {
+                connect_timeout: DEFAULT_CONNECT_TIMEOUT,
+                idle_timeout: None,
+                keepalive: Some(DEFAULT_KEEPALIVE),
+                max_conns: None,
+                buffer: DEFAULT_BUFFER,
+            },
+        });
+    }
+    Ok(Config { entries })
+}

@@ -2,8 +2,20 @@
 //! an HTTP proxy asked for a tunnel with `CONNECT`.
 //!
 //! The engine is a library so that `tests/` and `benches/` can drive it in
-//! process; `main.rs` only parses the command line and maps errors to exit codes.
+//! process; `main.rs` only parses the command line and maps errors to exit
+//! codes. Dependencies point down: `reactor → tunnel → {ring, connect, net,
+//! config}`; `reload` and `resolve` reach the reactor only through its
+//! channel and waker.
 
+pub mod cli;
 pub mod config;
 pub mod connect;
+pub mod net;
+pub mod reactor;
+pub mod reload;
+pub mod resolve;
 pub mod ring;
+pub mod tunnel;
+
+pub use reactor::{Engine, EngineOptions, Handle, StartError};
+pub use resolve::{Resolve, SystemResolver};

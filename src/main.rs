@@ -1,1 +1,119 @@
-fn main() {}
+//! `httptunneling [OPTIONS] CONFIG`: parse the command line, set up logging,
+//! load the configuration, run the engine, map errors to exit statuses
+//! (0 after SIGINT/SIGTERM, 1 for a bad config, a failed bind or log file,
+//! 2 for a usage error).
+
+use std::fs::OpenOptions;
+use std::io::Write;
+use std::process::ExitCode;
+
+use httptunneling::cli::{self, Command, RunArgs};
+use httptunneling::{config, Engine, EngineOptions, StartError};
+
+fn main() -> ExitCode {
+    match cli::parse(std::env::args_os().skip(1)) {
+        Ok(Command::Help) => {
+            print!("{}", cli::usage());
+            ExitCode::SUCCESS
+        }
+        Ok(Command::Version) => {
+            println!("httptunneling {}", env!("CARGO_PKG_VERSION"));
+            ExitCode::SUCCESS
+        }
+        Ok(Command::Check(path)) => check(&path),
+        Ok(Command::Run(args)) => run(args),
+        Err(e) => {
+            eprintln!("httptunneling: {e}\n\n{}", cli::usage());
+            ExitCode::from(2)
+        }
+    }
+}
+
+fn check(path: &std::path::Path) -> ExitCode {
+    match config::load(path) {
+        Ok(config) => {
+            let mut out = std::io::stdout().lock();
+            for entry in &config.entries {
+                // A closed stdout (`| head`) is not an error worth a panic.
+                if writeln!(out, "{entry}").is_err() {
+                    break;
+                }
+            }
+            ExitCode::SUCCESS
+        }
+        Err(errors) => {
+            for e in errors {
+                eprintln!("{e}");
+            }
+            ExitCode::from(1)
+        }
+    }
+}
+
+fn run(args: RunArgs) -> ExitCode {
+    let mut logger = env_logger::Builder::new();
+    logger.filter_level(args.level()).parse_default_env();
+    if let Some(path) = &args.log_file {
+        match OpenOptions::new().create(true).append(true).open(path) {
+            Ok(file) => {
+                logger
+                    .target(env_logger::Target::Pipe(Box::new(file)))
+                    .write_style(env_logger::WriteStyle::Never);
+            }
+            Err(e) => {
+                eprintln!(
+                    "httptunneling: cannot open log file {}: {e}",
+                    path.display()
+                );
+                return ExitCode::from(1);
+            }
+        }
+    }
+    logger.init();
+
+    let config = match config::load(&args.config) {
+        Ok(c) => c,
+        Err(errors) => {
+            for e in errors {
+                eprintln!("{e}");
+                log::error!("{e}");
+            }
+            return ExitCode::from(1);
+        }
+    };
+    let opts = EngineOptions {
+        config_path: Some(args.config.clone()),
+        watch: args.watch,
+        signals: true,
+        ..EngineOptions::default()
+    };
+    let engine = match Engine::new(config, opts) {
+        Ok(e) => e,
+        Err(StartError::Bind {
+            listen,
+            line,
+            source,
+        }) => {
+            let msg = format!(
+                "httptunneling: cannot listen on {listen} ({}:{line}): {source}",
+                args.config.display()
+            );
+            eprintln!("{msg}");
+            log::error!("{msg}");
+            return ExitCode::from(1);
+        }
+        Err(e) => {
+            eprintln!("httptunneling: {e}");
+            log::error!("{e}");
+            return ExitCode::from(1);
+        }
+    };
+    match engine.run() {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("httptunneling: poll failed: {e}");
+            log::error!("poll failed: {e}");
+            ExitCode::from(1)
+        }
+    }
+}

@@ -1,0 +1,128 @@
+//! Small socket helpers: binding listeners, tuning accepted and dialed
+//! streams, and telling a peer's doing from ours in an `io::Error`.
+//!
+//! Never owns a socket beyond the call that creates it; never logs.
+
+use std::io;
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use mio::net::{TcpListener, TcpStream};
+use socket2::{Domain, Protocol, SockRef, Socket, TcpKeepalive, Type};
+
+/// Listen backlog requested; the kernel caps it at `net.core.somaxconn`.
+const BACKLOG: i32 = 4096;
+
+/// Binds a non-blocking listener on `addr`.
+///
+/// `[::]:PORT` is IPv6 only (`IPV6_V6ONLY`), so `0.0.0.0:PORT` can be
+/// configured beside it; `SO_REUSEADDR` lets a restart bind over `TIME_WAIT`.
+///
+/// # Errors
+/// Whatever `socket`, `bind` or `listen` report (address in use, permission).
+pub fn bind_listener(addr: SocketAddr) -> io::Result<TcpListener> {
+    let socket = Socket::new(Domain::for_address(addr), Type::STREAM, Some(Protocol::TCP))?;
+    if addr.is_ipv6() {
+        socket.set_only_v6(true)?;
+    }
+    socket.set_reuse_address(true)?;
+    socket.bind(&addr.into())?;
+    socket.listen(BACKLOG)?;
+    socket.set_nonblocking(true)?;
+    Ok(TcpListener::from_std(socket.into()))
+}
+
+/// Sets `TCP_NODELAY` and, when asked, TCP keepalive with `keepalive` as the
+/// idle time before the first probe.
+///
+/// # Errors
+/// The first `setsockopt` that fails (rare: the socket is already dead).
+pub fn tune(stream: &TcpStream, keepalive: Option<Duration>) -> io::Result<()> {
+    stream.set_nodelay(true)?;
+    if let Some(idle) = keepalive {
+        let params = TcpKeepalive::new().with_time(idle);
+        SockRef::from(stream).set_tcp_keepalive(&params)?;
+    }
+    Ok(())
+}
+
+/// Makes the next close of `stream` send a reset instead of a FIN, so a
+/// reset on one side of a tunnel reaches the other side as a reset rather
+/// than as a clean end of stream that would hide lost bytes.
+pub fn reset_on_close(stream: &TcpStream) {
+    // Best effort: failing here only means the peer sees a FIN.
+    let _ = SockRef::from(stream).set_linger(Some(Duration::ZERO));
+}
+
+/// True when the error is the peer's doing: it reset or vanished.
+pub fn is_peer_reset(e: &io::Error) -> bool {
+    matches!(
+        e.kind(),
+        io::ErrorKind::ConnectionReset
+            | io::ErrorKind::ConnectionAborted
+            | io::ErrorKind::BrokenPipe
+            | io::ErrorKind::NotConnected
+    )
+}
+
+/// True for accept errors that concern one queued connection only (skip it).
+pub fn is_transient_accept_error(e: &io::Error) -> bool {
+    matches!(
+        e.kind(),
+        io::ErrorKind::Interrupted
+            | io::ErrorKind::ConnectionAborted
+            | io::ErrorKind::ConnectionReset
+            | io::ErrorKind::PermissionDenied
+    )
+}
+
+/// Formats a duration for logs: `850us`, `12.3ms`, `1.52s`, `3m04s`.
+pub fn fmt_duration(d: Duration) -> String {
+    let micros = d.as_micros();
+    if micros < 1_000 {
+        format!("{micros}us")
+    } else if micros < 1_000_000 {
+        format!("{:.1}ms", micros as f64 / 1_000.0)
+    } else if d.as_secs() < 60 {
+        format!("{:.2}s", d.as_secs_f64())
+    } else {
+        let s = d.as_secs();
+        if s < 3600 {
+            format!("{}m{:02}s", s / 60, s % 60)
+        } else {
+            format!("{}h{:02}m{:02}s", s / 3600, (s % 3600) / 60, s % 60)
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn durations_read_well() {
+        assert_eq!(fmt_duration(Duration::from_micros(850)), "850us");
+        assert_eq!(fmt_duration(Duration::from_micros(12_345)), "12.3ms");
+        assert_eq!(fmt_duration(Duration::from_millis(1_520)), "1.52s");
+        assert_eq!(fmt_duration(Duration::from_secs(184)), "3m04s");
+        assert_eq!(fmt_duration(Duration::from_secs(3_725)), "1h02m05s");
+    }
+
+    #[test]
+    fn v6_listener_is_v6_only_so_v4_can_share_the_port() {
+        let v6 = match bind_listener("[::1]:0".parse().unwrap()) {
+            Ok(l) => l,
+            Err(_) => return, // no IPv6 loopback on this host
+        };
+        let port = v6.local_addr().unwrap().port();
+        let v4 = bind_listener(SocketAddr::from(([127, 0, 0, 1], port)));
+        assert!(v4.is_ok(), "v4 bind beside v6-only failed: {v4:?}");
+    }
+
+    #[test]
+    fn second_bind_on_same_address_fails() {
+        let a = bind_listener("127.0.0.1:0".parse().unwrap()).unwrap();
+        let b = bind_listener(a.local_addr().unwrap());
+        assert_eq!(b.unwrap_err().kind(), io::ErrorKind::AddrInUse);
+    }
+}
