@@ -282,6 +282,12 @@ impl Engine {
     fn add_listener(&mut self, entry: Entry) -> io::Result<()> {
         let listen = entry.listen;
         let mut socket = net::bind_listener(listen)?;
+        // Port 0 (in-process tests and benches only: the config parser
+        // refuses it) is keyed by the port the kernel chose.
+        let key_addr = match socket.local_addr() {
+            Ok(bound) if listen.port() == 0 => bound,
+            _ => listen,
+        };
         let route = Rc::new(Route::new(entry));
         let id = self.next_id();
         let slot = self.slab.vacant_entry();
@@ -308,7 +314,7 @@ impl Engine {
             queued: true,
         }));
         self.accept_queue.push(key);
-        self.by_listen.insert(listen, key);
+        self.by_listen.insert(key_addr, key);
         Ok(())
     }
 
@@ -619,13 +625,13 @@ impl Engine {
                         self.timers.push(Reverse((next, key, id)));
                     }
                 }
-                Some(Slot::Listener(l)) if l.id == id => {
-                    if l.paused_until.is_some_and(|u| u <= now) {
-                        l.paused_until = None;
-                        if !l.queued {
-                            l.queued = true;
-                            self.accept_queue.push(key);
-                        }
+                Some(Slot::Listener(l))
+                    if l.id == id && l.paused_until.is_some_and(|u| u <= now) =>
+                {
+                    l.paused_until = None;
+                    if !l.queued {
+                        l.queued = true;
+                        self.accept_queue.push(key);
                     }
                 }
                 _ => {} // stale timer: its owner is gone

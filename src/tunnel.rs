@@ -202,6 +202,9 @@ struct Endpoint {
     stream: TcpStream,
     readable: bool,
     writable: bool,
+    /// mio reported the read half closed (FIN seen). Only ReadingHeaders
+    /// uses it: `peek` never reports EOF while a partial head is buffered.
+    read_closed: bool,
 }
 
 impl Endpoint {
@@ -210,6 +213,7 @@ impl Endpoint {
             stream,
             readable: false,
             writable: false,
+            read_closed: false,
         }
     }
 }
@@ -371,6 +375,9 @@ impl Tunnel {
             // or write itself tells what happened, and buffered bytes stay.
             if event.is_readable() || event.is_read_closed() || event.is_error() {
                 e.readable = true;
+            }
+            if event.is_read_closed() {
+                e.read_closed = true;
             }
             if event.is_writable() || event.is_write_closed() || event.is_error() {
                 e.writable = true;
@@ -611,6 +618,9 @@ impl Tunnel {
                     "proxy answer head over {} bytes",
                     connect::MAX_HEAD
                 ))
+            }
+            Ok(connect::Answer::Partial) if up.read_closed => {
+                return self.fail("proxy closed the connection in the middle of its answer".into())
             }
             Ok(connect::Answer::Partial) => {
                 // peek does not drain, so no WouldBlock will come: the next

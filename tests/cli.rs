@@ -1,0 +1,297 @@
+//! The command line of the real binary: `--check`, help and version, exit
+//! statuses for usage errors, bad or missing configs and unbindable
+//! listeners, `--log-file` appending, and SIGTERM.
+
+mod common;
+
+use common::*;
+use std::fs;
+use std::io::{Read, Write};
+use std::net::TcpListener;
+use std::path::Path;
+use std::process::Output;
+use std::time::Duration;
+
+/// Plenty for a process that exits at once.
+const EXIT_TIMEOUT: Duration = Duration::from_secs(10);
+
+fn text(bytes: &[u8]) -> String {
+    String::from_utf8_lossy(bytes).into_owned()
+}
+
+fn describe(out: &Output) -> String {
+    format!(
+        "status {}\n--- stdout ---\n{}\n--- stderr ---\n{}",
+        out.status,
+        text(&out.stdout),
+        text(&out.stderr)
+    )
+}
+
+fn check(path: &Path) -> Output {
+    run_binary(&["--check".as_ref(), path.as_os_str()], EXIT_TIMEOUT)
+}
+
+#[test]
+fn check_prints_one_normalised_line_per_entry_and_binds_nothing() {
+    // The test holds two of the listen ports itself: a `--check` that
+    // tried to bind would fail with "address in use".
+    let held_a = TcpListener::bind("127.0.0.1:0").expect("bind");
+    let held_b = TcpListener::bind("127.0.0.1:0").expect("bind");
+    let pa = held_a.local_addr().unwrap().port();
+    let pb = held_b.local_addr().unwrap().port();
+    let (pc, pd) = (free_port(), free_port());
+    let config = format!(
+        "# a comment line\n\
+         \n\
+         {pa} example.com 22\n\
+         127.0.0.1:{pb} db.internal 5432 proxy.example 3128 auth=alice:S3cretPw   # trailing comment\r\n\
+         [::1]:{pc} ::1 22 http://bob:Pa%40ssw0rd@proxy.example:8080\n\
+         defaults connect-timeout=5s\n\
+         0.0.0.0:{pd} 192.0.2.1 25 proxy.example 3128 header=\"User-Agent: Mozilla/5.0 (X11)\"\n"
+    );
+    let path = write_temp("good.conf", &config);
+    let out = check(&path);
+    assert_eq!(out.status.code(), Some(0), "{}", describe(&out));
+
+    let stdout = text(&out.stdout);
+    let lines: Vec<&str> = stdout.lines().filter(|l| !l.trim().is_empty()).collect();
+    assert_eq!(lines.len(), 4, "one line per entry:\n{}", describe(&out));
+    for (line, listen) in lines.iter().zip([
+        format!("127.0.0.1:{pa}"),
+        format!("127.0.0.1:{pb}"),
+        format!("[::1]:{pc}"),
+        format!("0.0.0.0:{pd}"),
+    ]) {
+        assert!(line.contains(&listen), "{listen} normalised in {line:?}");
+    }
+    assert!(lines[1].contains("***"), "password masked: {:?}", lines[1]);
+    assert!(lines[2].contains("***"), "password masked: {:?}", lines[2]);
+    let everything = format!("{}{}", stdout, text(&out.stderr));
+    for secret in ["S3cretPw", "Pa%40ssw0rd", "Pa@ssw0rd"] {
+        assert!(
+            !everything.contains(secret),
+            "password {secret} shown:\n{everything}"
+        );
+    }
+    assert!(
+        !text(&out.stderr).contains(&format!("{}:", path.display())),
+        "a problem reported for a valid file:\n{}",
+        describe(&out)
+    );
+    drop((held_a, held_b));
+    remove_temp(&path);
+}
+
+#[test]
+fn check_reports_every_bad_line_and_exits_1() {
+    let (good, p2, p4, p5, p7, p8) = (
+        free_port(),
+        free_port(),
+        free_port(),
+        free_port(),
+        free_port(),
+        free_port(),
+    );
+    let config = format!(
+        "{good} 127.0.0.1 22\n\
+         {p2} 127.0.0.1 70000\n\
+         # a comment\n\
+         {p4} 127.0.0.1 22 bogus=1\n\
+         {p5} 127.0.0.1 22 auth=alice:pw\n\
+         127.0.0.1:{good} 127.0.0.1 23\n\
+         {p7} 127.0.0.1 22 connect-timeout=0\n\
+         {p8} 127.0.0.1\n\
+         {} 127.0.0.1 22\n",
+        free_port()
+    );
+    let path = write_temp("bad.conf", &config);
+    let out = check(&path);
+    assert_eq!(out.status.code(), Some(1), "{}", describe(&out));
+    let stderr = text(&out.stderr);
+    let file = path.display().to_string();
+    for line in [2, 4, 5, 6, 7, 8] {
+        assert!(
+            stderr.contains(&format!("{file}:{line}: ")),
+            "line {line} not reported as {file}:{line}: message\n{}",
+            describe(&out)
+        );
+    }
+    for line in [1, 3, 9] {
+        assert!(
+            !stderr.contains(&format!("{file}:{line}:")),
+            "good line {line} reported\n{}",
+            describe(&out)
+        );
+    }
+    remove_temp(&path);
+}
+
+#[test]
+fn help_and_version_exit_0() {
+    for flag in ["-h", "--help"] {
+        let out = run_binary(&[flag], EXIT_TIMEOUT);
+        assert_eq!(out.status.code(), Some(0), "{flag}: {}", describe(&out));
+        let all = format!("{}{}", text(&out.stdout), text(&out.stderr));
+        assert!(all.contains("--check"), "{flag} shows the options: {all}");
+    }
+    for flag in ["-V", "--version"] {
+        let out = run_binary(&[flag], EXIT_TIMEOUT);
+        assert_eq!(out.status.code(), Some(0), "{flag}: {}", describe(&out));
+        let all = format!("{}{}", text(&out.stdout), text(&out.stderr));
+        assert!(
+            all.contains(env!("CARGO_PKG_VERSION")),
+            "{flag} shows the version: {all}"
+        );
+    }
+}
+
+#[test]
+fn unknown_option_exits_2() {
+    let path = write_temp("ok.conf", &format!("{} 127.0.0.1 22\n", free_port()));
+    let out = run_binary(&["--frobnicate".as_ref(), path.as_os_str()], EXIT_TIMEOUT);
+    assert_eq!(out.status.code(), Some(2), "{}", describe(&out));
+    assert!(!out.stderr.is_empty(), "a usage error says something");
+    remove_temp(&path);
+}
+
+#[test]
+fn missing_config_operand_exits_2() {
+    let out = run_binary::<&str>(&[], EXIT_TIMEOUT);
+    assert_eq!(out.status.code(), Some(2), "{}", describe(&out));
+}
+
+#[test]
+fn missing_config_file_exits_1_naming_it() {
+    let path = unique_dir("missing").join("does-not-exist.conf");
+    for args in [
+        vec![path.as_os_str()],
+        vec!["--check".as_ref(), path.as_os_str()],
+    ] {
+        let out = run_binary(&args, EXIT_TIMEOUT);
+        assert_eq!(out.status.code(), Some(1), "{args:?}: {}", describe(&out));
+        assert!(
+            text(&out.stderr).contains(&path.display().to_string()),
+            "the message names the path: {}",
+            describe(&out)
+        );
+    }
+    remove_temp(&path);
+}
+
+#[test]
+fn invalid_config_at_start_exits_1_naming_file_and_line() {
+    let port = free_port();
+    let config = format!(
+        "# first line\n{} 127.0.0.1 22\n{port} 127.0.0.1 22 idle-timeout=soon\n",
+        free_port()
+    );
+    let path = write_temp("invalid.conf", &config);
+    let out = run_binary(&[path.as_os_str()], EXIT_TIMEOUT);
+    assert_eq!(out.status.code(), Some(1), "{}", describe(&out));
+    assert!(
+        text(&out.stderr).contains(&format!("{}:3: ", path.display())),
+        "names FILE:3: {}",
+        describe(&out)
+    );
+    assert!(!is_listening(([127, 0, 0, 1], port).into()));
+    remove_temp(&path);
+}
+
+#[test]
+fn unbindable_listener_at_start_exits_1_naming_the_address() {
+    let held = TcpListener::bind("127.0.0.1:0").expect("bind");
+    let port = held.local_addr().unwrap().port();
+    let other = free_port();
+    let config = format!("{other} 127.0.0.1 22\n{port} 127.0.0.1 22\n");
+    let path = write_temp("busy.conf", &config);
+    let out = run_binary(&[path.as_os_str()], EXIT_TIMEOUT);
+    assert_eq!(out.status.code(), Some(1), "{}", describe(&out));
+    let stderr = text(&out.stderr);
+    assert!(
+        stderr.contains(&format!("127.0.0.1:{port}")),
+        "names the address: {}",
+        describe(&out)
+    );
+    assert!(
+        stderr.to_lowercase().contains("in use"),
+        "gives the reason: {}",
+        describe(&out)
+    );
+    // The test's own listener is untouched.
+    let mut c = connect_port(port);
+    let (mut accepted, _) = held.accept().expect("accept on the held port");
+    accepted.write_all(b"mine").unwrap();
+    let mut buf = [0u8; 4];
+    c.read_exact(&mut buf).unwrap();
+    assert_eq!(&buf, b"mine");
+    remove_temp(&path);
+}
+
+#[test]
+fn log_file_is_appended_to() {
+    let dir = unique_dir("append");
+    let log = dir.join("httptunneling.log");
+    fs::write(&log, "pre-existing line\n").unwrap();
+    let port = free_port();
+    let config = format!("{port} 127.0.0.1 22\n");
+    let listening = format!("listening on 127.0.0.1:{port}");
+
+    let mut contents = Vec::new();
+    for run in 1..=2 {
+        let mut ht = start_binary_in(&dir, &config, &[]);
+        ht.wait_listening(&listen_addrs_of(&config), START_TIMEOUT);
+        ht.wait_log_count(&listening, run, Duration::from_secs(5));
+        ht.signal(libc::SIGTERM);
+        let status = ht.wait_exit(EXIT_TIMEOUT).expect("exits after SIGTERM");
+        assert_eq!(status.code(), Some(0), "run {run}\n{}", ht.diagnostics());
+        contents.push(ht.log());
+    }
+    assert!(
+        contents[0].starts_with("pre-existing line\n"),
+        "{}",
+        contents[0]
+    );
+    assert!(
+        contents[1].starts_with(&contents[0]) && contents[1].len() > contents[0].len(),
+        "second run appended:\n{}",
+        contents[1]
+    );
+    assert_eq!(
+        contents[1].matches(&listening).count(),
+        2,
+        "{}",
+        contents[1]
+    );
+    let _ = fs::remove_dir_all(&dir);
+}
+
+#[test]
+fn sigterm_exits_0_and_closes_open_tunnels() {
+    let echo = echo_backend();
+    let port = free_port();
+    let mut ht = spawn_binary(&format!("{port} 127.0.0.1 {}\n", echo.port()));
+
+    let mut client = connect_port(port);
+    client.write_all(b"ping").unwrap();
+    let mut buf = [0u8; 4];
+    client.read_exact(&mut buf).unwrap();
+    assert_eq!(&buf, b"ping");
+
+    ht.signal(libc::SIGTERM);
+    let status = ht.wait_exit(EXIT_TIMEOUT).expect("exits after SIGTERM");
+    assert_eq!(status.code(), Some(0), "{}", ht.diagnostics());
+    assert!(
+        ht.log_contains("shutting down (SIGTERM)", Duration::ZERO),
+        "{}",
+        ht.diagnostics()
+    );
+    // The open tunnel was closed on purpose, and logged as such.
+    let closed = ht.log_lines("closed up=4 down=4 ");
+    assert!(
+        closed.len() == 1 && closed[0].contains("reason=shutdown"),
+        "close line of the open tunnel: {closed:?}\n{}",
+        ht.diagnostics()
+    );
+    drop(client);
+}
