@@ -41,17 +41,6 @@ const EXCERPT_MAX: usize = 64;
 /// 3 bytes, `a:\n`).
 const HEADERS_FIRST: usize = 64;
 
-/// `host:port` for the request line and `Host:` header; an IPv6 literal (a
-/// host holding `:`, given without brackets as config stores it) is written
-/// `[addr]:port`.
-pub fn authority(host: &str, port: u16) -> String {
-    if host.contains(':') && !host.starts_with('[') {
-        format!("[{host}]:{port}")
-    } else {
-        format!("{host}:{port}")
-    }
-}
-
 /// The whole request, exactly:
 ///
 /// ```text
@@ -779,15 +768,6 @@ mod tests {
     // ---- the request ----
 
     #[test]
-    fn authority_brackets_ipv6() {
-        assert_eq!(authority("example.com", 22), "example.com:22");
-        assert_eq!(authority("10.0.0.1", 80), "10.0.0.1:80");
-        assert_eq!(authority("2001:db8::1", 443), "[2001:db8::1]:443");
-        assert_eq!(authority("::1", 5432), "[::1]:5432");
-        assert_eq!(authority("[::1]", 5432), "[::1]:5432");
-    }
-
-    #[test]
     fn request_without_auth() {
         assert_eq!(
             build_request("example.com:22", None, &[]),
@@ -804,7 +784,7 @@ mod tests {
             "X-Team: ops".to_owned(),
         ];
         assert_eq!(
-            build_request(&authority("db.internal", 5432), Some(&auth), &headers),
+            build_request("db.internal:5432", Some(&auth), &headers),
             b"CONNECT db.internal:5432 HTTP/1.1\r\n\
               Host: db.internal:5432\r\n\
               Proxy-Authorization: Basic QWxhZGRpbjpvcGVuIHNlc2FtZQ==\r\n\
@@ -826,7 +806,7 @@ mod tests {
     #[test]
     fn request_to_ipv6_destination() {
         assert_eq!(
-            build_request(&authority("2001:db8::1", 443), None, &[]),
+            build_request("[2001:db8::1]:443", None, &[]),
             b"CONNECT [2001:db8::1]:443 HTTP/1.1\r\nHost: [2001:db8::1]:443\r\n\r\n"
         );
     }

@@ -29,7 +29,7 @@ use mio::net::TcpListener;
 use mio::{Events, Interest, Poll, Registry, Token, Waker};
 use slab::Slab;
 
-use crate::config::{self, Config, Entry};
+use crate::config::{self, AuthScheme, Config, Entry};
 use crate::connect;
 use crate::net;
 use crate::reload::{self, Reloader};
@@ -303,6 +303,16 @@ impl Engine {
             route.entry.line,
             route.describe()
         );
+        if let Some(p) = &route.entry.proxy {
+            if p.credentials.is_some()
+                && matches!(p.auth_scheme, AuthScheme::Digest | AuthScheme::Ntlm)
+            {
+                warn!(
+                    "{listen} (line {}): auth-scheme={} is not supported yet; CONNECT requests go without credentials",
+                    route.entry.line, p.auth_scheme
+                );
+            }
+        }
         slot.insert(Slot::Listener(Listener {
             id,
             socket,

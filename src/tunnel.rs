@@ -40,7 +40,7 @@ use log::{debug, info, warn};
 use mio::net::TcpStream;
 use mio::{Interest, Registry, Token};
 
-use crate::config::{Entry, HostPort};
+use crate::config::{AuthScheme, Entry, HostPort};
 use crate::connect;
 use crate::net;
 use crate::ring::Ring;
@@ -83,9 +83,14 @@ impl Route {
     pub fn new(entry: Entry) -> Route {
         let (first_hop, request) = match &entry.proxy {
             Some(proxy) => {
+                // Basic goes pre-emptively, as every peer does. Digest and
+                // NTLM are not spoken yet: sending Basic to a proxy the user
+                // said wants NTLM would put the password on the wire in clear.
+                let basic = matches!(proxy.auth_scheme, AuthScheme::Auto | AuthScheme::Basic);
                 let authorization = proxy
                     .credentials
                     .as_ref()
+                    .filter(|_| basic)
                     .map(|c| connect::basic_authorization(&c.user, &c.password));
                 let request = connect::build_request(
                     &entry.dest.authority(),
@@ -634,7 +639,9 @@ impl Tunnel {
                     connect::MAX_HEAD
                 ))
             }
-            Err(e) => return self.fail(format!("bad proxy answer: {e}")),
+            Err(connect::ParseError::Malformed(why)) => {
+                return self.fail(format!("bad proxy answer: {why}"))
+            }
         };
         if !connect::is_success(head.status) {
             let why = self.refusal(&head);
