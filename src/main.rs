@@ -8,7 +8,7 @@ use std::io::Write;
 use std::process::ExitCode;
 
 use httptunneling::cli::{self, Command, RunArgs};
-use httptunneling::{config, Engine, EngineOptions, StartError};
+use httptunneling::{config, logsink, Engine, EngineOptions, StartError};
 
 fn main() -> ExitCode {
     match cli::parse(std::env::args_os().skip(1)) {
@@ -53,13 +53,9 @@ fn check(path: &std::path::Path) -> ExitCode {
 fn run(args: RunArgs) -> ExitCode {
     let mut logger = env_logger::Builder::new();
     logger.filter_level(args.level()).parse_default_env();
-    if let Some(path) = &args.log_file {
-        match OpenOptions::new().create(true).append(true).open(path) {
-            Ok(file) => {
-                logger
-                    .target(env_logger::Target::Pipe(Box::new(file)))
-                    .write_style(env_logger::WriteStyle::Never);
-            }
+    let out: Box<dyn Write + Send> = match &args.log_file {
+        Some(path) => match OpenOptions::new().create(true).append(true).open(path) {
+            Ok(file) => Box::new(file),
             Err(e) => {
                 eprintln!(
                     "httptunneling: cannot open log file {}: {e}",
@@ -67,10 +63,20 @@ fn run(args: RunArgs) -> ExitCode {
                 );
                 return ExitCode::from(1);
             }
-        }
-    }
+        },
+        None => Box::new(std::io::stderr()),
+    };
+    logger
+        .target(env_logger::Target::Pipe(Box::new(logsink::install(out))))
+        .write_style(env_logger::WriteStyle::Never);
     logger.init();
+    let code = serve(&args);
+    logsink::flush();
+    code
+}
 
+/// Loads the configuration, starts the engine and runs it to the end.
+fn serve(args: &RunArgs) -> ExitCode {
     let config = match config::load(&args.config) {
         Ok(c) => c,
         Err(errors) => {

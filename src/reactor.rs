@@ -31,6 +31,7 @@ use slab::Slab;
 
 use crate::config::{self, AuthScheme, Config, Entry};
 use crate::connect;
+use crate::logsink;
 use crate::net;
 use crate::reload::{self, Reloader};
 use crate::resolve::{Job, Resolve, Resolver, SystemResolver};
@@ -335,6 +336,7 @@ impl Engine {
     pub fn run(mut self) -> io::Result<()> {
         let mut events = Events::with_capacity(1024);
         while self.stop.is_none() {
+            logsink::flush();
             let timeout = self.poll_timeout();
             match self.poll.poll(&mut events, timeout) {
                 Ok(()) => {}
@@ -353,6 +355,7 @@ impl Engine {
             self.remove_finished(now);
         }
         self.shut_down();
+        logsink::flush();
         Ok(())
     }
 

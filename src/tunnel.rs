@@ -207,8 +207,10 @@ struct Endpoint {
     stream: TcpStream,
     readable: bool,
     writable: bool,
-    /// mio reported the read half closed (FIN seen). Only ReadingHeaders
-    /// uses it: `peek` never reports EOF while a partial head is buffered.
+    /// mio reported the read half closed (FIN seen); sticky. It keeps a
+    /// short read from clearing `readable` (the EOF must still be read) and
+    /// tells ReadingHeaders that a partial head will never complete (`peek`
+    /// never reports EOF while bytes are buffered).
     read_closed: bool,
 }
 
@@ -908,12 +910,22 @@ fn pump(
     loop {
         let mut moved = false;
         if !flow.src_eof && src.readable && !flow.ring.is_full() {
+            let room = flow.ring.free();
             match flow.ring.read_from(&mut src.stream) {
                 Ok(0) => {
                     flow.src_eof = true;
                     moved = true;
                 }
-                Ok(_) => moved = true,
+                Ok(n) => {
+                    moved = true;
+                    // A short read emptied the socket's receive queue: skip
+                    // the read that would only say WouldBlock. New data raises
+                    // a new edge; a FIN already seen (read_closed is sticky)
+                    // keeps us reading until the EOF itself.
+                    if n < room && !src.read_closed {
+                        src.readable = false;
+                    }
+                }
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => src.readable = false,
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => moved = true,
                 Err(error) => {
@@ -925,6 +937,7 @@ fn pump(
             }
         }
         if !flow.ring.is_empty() && dst.writable {
+            let pending = flow.ring.len();
             match flow.ring.write_to(&mut dst.stream) {
                 Ok(0) => {
                     return Err(Fault {
@@ -936,6 +949,12 @@ fn pump(
                     flow.bytes += n as u64;
                     *budget = budget.saturating_sub(n);
                     moved = true;
+                    // A short write means the send buffer is full; the next
+                    // write would only say WouldBlock. Freed space raises a
+                    // new writable edge.
+                    if n < pending {
+                        dst.writable = false;
+                    }
                 }
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => dst.writable = false,
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => moved = true,
