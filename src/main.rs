@@ -81,8 +81,7 @@ fn serve(args: &RunArgs) -> ExitCode {
         Ok(c) => c,
         Err(errors) => {
             for e in errors {
-                eprintln!("{e}");
-                log::error!("{e}");
+                report(args, &e.to_string());
             }
             return ExitCode::from(1);
         }
@@ -104,22 +103,28 @@ fn serve(args: &RunArgs) -> ExitCode {
                 "httptunneling: cannot listen on {listen} ({}:{line}): {source}",
                 args.config.display()
             );
-            eprintln!("{msg}");
-            log::error!("{msg}");
+            report(args, &msg);
             return ExitCode::from(1);
         }
         Err(e) => {
-            eprintln!("httptunneling: {e}");
-            log::error!("{e}");
+            report(args, &format!("httptunneling: {e}"));
             return ExitCode::from(1);
         }
     };
     match engine.run() {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
-            eprintln!("httptunneling: poll failed: {e}");
-            log::error!("poll failed: {e}");
+            report(args, &format!("httptunneling: poll failed: {e}"));
             ExitCode::from(1)
         }
+    }
+}
+
+/// A fatal problem goes to stderr, and into the log file too when there is
+/// one (where stderr is the log, once is enough).
+fn report(args: &RunArgs, msg: &str) {
+    eprintln!("{msg}");
+    if args.log_file.is_some() {
+        log::error!("{msg}");
     }
 }

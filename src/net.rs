@@ -54,6 +54,19 @@ pub fn reset_on_close(stream: &TcpStream) {
     let _ = SockRef::from(stream).set_linger(Some(Duration::ZERO));
 }
 
+/// True when `n` more file descriptors can be opened right now. Used only
+/// after accept ran out of descriptors (a rare path: it costs 2n syscalls).
+pub fn descriptors_free(n: usize) -> bool {
+    let mut held = Vec::with_capacity(n);
+    for _ in 0..n {
+        match std::fs::File::open("/dev/null") {
+            Ok(f) => held.push(f),
+            Err(_) => return false,
+        }
+    }
+    true
+}
+
 /// True when the error is the peer's doing: it reset or vanished.
 pub fn is_peer_reset(e: &io::Error) -> bool {
     matches!(

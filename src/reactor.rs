@@ -144,6 +144,10 @@ struct Listener {
     ready: bool,
     /// Paused after EMFILE and similar until this instant.
     paused_until: Option<Instant>,
+    /// The last accept ran out of descriptors: before accepting again, make
+    /// sure a tunnel's two descriptors are free, or the accepted client
+    /// would only be dropped when its upstream dial fails.
+    short_of_fds: bool,
     queued: bool,
 }
 
@@ -322,6 +326,7 @@ impl Engine {
             // Connections may already be queued: try accepting once.
             ready: true,
             paused_until: None,
+            short_of_fds: false,
             queued: true,
         }));
         self.accept_queue.push(key);
@@ -461,6 +466,16 @@ impl Engine {
             if !l.ready || l.paused_until.is_some() {
                 return;
             }
+            if l.short_of_fds {
+                if !net::descriptors_free(2) {
+                    let until = now + ACCEPT_BACKOFF;
+                    l.paused_until = Some(until);
+                    let id = l.id;
+                    self.timers.push(Reverse((until, key, id)));
+                    return;
+                }
+                l.short_of_fds = false;
+            }
             if let Some(max) = l.route.entry.options.max_conns {
                 if l.open >= max {
                     debug!(
@@ -488,6 +503,7 @@ impl Engine {
                     );
                     let until = now + ACCEPT_BACKOFF;
                     l.paused_until = Some(until);
+                    l.short_of_fds = true;
                     let id = l.id;
                     self.timers.push(Reverse((until, key, id)));
                     return;
@@ -732,7 +748,9 @@ impl Engine {
             let (listen, line) = (entry.listen, entry.line);
             match self.add_listener(entry) {
                 Ok(()) => added += 1,
-                Err(e) => error!("reload: cannot listen on {listen} (line {line}): {e}"),
+                Err(e) => error!(
+                    "cannot listen on {listen} (line {line}), the rest of the reload applies: {e}"
+                ),
             }
         }
         info!("reload: {added} added, {removed} removed, {changed} changed, {unchanged} unchanged");

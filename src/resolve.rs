@@ -48,7 +48,10 @@ pub struct Job<T> {
 pub struct Resolver<T: Send + 'static> {
     jobs: Option<Sender<Job<T>>>,
     queue: Arc<Mutex<Receiver<Job<T>>>>,
+    /// Workers waiting for a job.
     idle: Arc<AtomicUsize>,
+    /// Jobs sent but not yet taken by a worker.
+    queued: Arc<AtomicUsize>,
     workers: usize,
     resolver: Arc<dyn Resolve>,
     deliver: Arc<dyn Fn(T, io::Result<Vec<SocketAddr>>) + Send + Sync>,
@@ -65,6 +68,7 @@ impl<T: Send + 'static> Resolver<T> {
             jobs: Some(jobs),
             queue: Arc::new(Mutex::new(queue)),
             idle: Arc::new(AtomicUsize::new(0)),
+            queued: Arc::new(AtomicUsize::new(0)),
             workers: 0,
             resolver,
             deliver,
@@ -73,7 +77,10 @@ impl<T: Send + 'static> Resolver<T> {
 
     /// Queues a lookup. The answer arrives later through `deliver`.
     pub fn submit(&mut self, job: Job<T>) {
-        if self.idle.load(Ordering::Acquire) == 0 && self.workers < MAX_WORKERS {
+        // Every queued job needs an idle worker of its own, or a lookup
+        // that hangs would hold up the one queued behind it.
+        let queued = self.queued.fetch_add(1, Ordering::AcqRel) + 1;
+        if self.idle.load(Ordering::Acquire) < queued && self.workers < MAX_WORKERS {
             self.spawn_worker();
         }
         if let Some(jobs) = &self.jobs {
@@ -86,6 +93,7 @@ impl<T: Send + 'static> Resolver<T> {
     fn spawn_worker(&mut self) {
         let queue = Arc::clone(&self.queue);
         let idle = Arc::clone(&self.idle);
+        let queued = Arc::clone(&self.queued);
         let resolver = Arc::clone(&self.resolver);
         let deliver = Arc::clone(&self.deliver);
         let spawned = thread::Builder::new()
@@ -99,6 +107,7 @@ impl<T: Send + 'static> Resolver<T> {
                 };
                 idle.fetch_sub(1, Ordering::AcqRel);
                 let Ok(job) = job else { return };
+                queued.fetch_sub(1, Ordering::AcqRel);
                 let answer = match resolver.resolve(&job.host, job.port) {
                     Ok(addrs) if addrs.is_empty() => {
                         Err(io::Error::new(io::ErrorKind::NotFound, "no address found"))
