@@ -151,6 +151,26 @@ struct Listener {
     queued: bool,
 }
 
+impl Listener {
+    /// Puts the listener on the accept queue unless it is there already.
+    fn queue(&mut self, key: usize, accept_queue: &mut Vec<usize>) {
+        if !self.queued {
+            self.queued = true;
+            accept_queue.push(key);
+        }
+    }
+
+    /// Stops accepting for [`ACCEPT_BACKOFF`]; the timer brings it back.
+    fn pause(&mut self, key: usize, now: Instant, timers: &mut Timers) {
+        let until = now + ACCEPT_BACKOFF;
+        self.paused_until = Some(until);
+        timers.push(Reverse((until, key, self.id)));
+    }
+}
+
+/// Deadlines as (instant, slab key, owner id); stale ones are skipped.
+type Timers = BinaryHeap<Reverse<(Instant, usize, u64)>>;
+
 enum Slot {
     Listener(Listener),
     Tunnel(Box<Tunnel>),
@@ -167,7 +187,7 @@ pub struct Engine {
     resolver: Resolver<(usize, u64)>,
     reloader: Option<Reloader>,
     signals: Option<signal_hook_mio::v1_0::Signals>,
-    timers: BinaryHeap<Reverse<(Instant, usize, u64)>>,
+    timers: Timers,
     drive_queue: Vec<usize>,
     accept_queue: Vec<usize>,
     finished: Vec<usize>,
@@ -391,10 +411,7 @@ impl Engine {
                     }
                     Some(Slot::Listener(l)) if side == tunnel::CLIENT => {
                         l.ready = true;
-                        if !l.queued {
-                            l.queued = true;
-                            self.accept_queue.push(key);
-                        }
+                        l.queue(key, &mut self.accept_queue);
                     }
                     _ => {} // stale: the owner is gone
                 }
@@ -468,10 +485,7 @@ impl Engine {
             }
             if l.short_of_fds {
                 if !net::descriptors_free(2) {
-                    let until = now + ACCEPT_BACKOFF;
-                    l.paused_until = Some(until);
-                    let id = l.id;
-                    self.timers.push(Reverse((until, key, id)));
+                    l.pause(key, now, &mut self.timers);
                     return;
                 }
                 l.short_of_fds = false;
@@ -501,21 +515,15 @@ impl Engine {
                         l.route.entry.listen,
                         ACCEPT_BACKOFF.as_millis()
                     );
-                    let until = now + ACCEPT_BACKOFF;
-                    l.paused_until = Some(until);
                     l.short_of_fds = true;
-                    let id = l.id;
-                    self.timers.push(Reverse((until, key, id)));
+                    l.pause(key, now, &mut self.timers);
                     return;
                 }
             }
         }
         // Batch spent with connections possibly left: continue next tick.
         if let Some(Slot::Listener(l)) = self.slab.get_mut(key) {
-            if !l.queued {
-                l.queued = true;
-                self.accept_queue.push(key);
-            }
+            l.queue(key, &mut self.accept_queue);
         }
     }
 
@@ -658,10 +666,7 @@ impl Engine {
                     if l.id == id && l.paused_until.is_some_and(|u| u <= now) =>
                 {
                     l.paused_until = None;
-                    if !l.queued {
-                        l.queued = true;
-                        self.accept_queue.push(key);
-                    }
+                    l.queue(key, &mut self.accept_queue);
                 }
                 _ => {} // stale timer: its owner is gone
             }
@@ -689,9 +694,8 @@ impl Engine {
                     // A slot is free: accept what waits (max-conns), and
                     // retry early after a descriptor shortage.
                     l.paused_until = None;
-                    if l.ready && !l.queued {
-                        l.queued = true;
-                        self.accept_queue.push(lkey);
+                    if l.ready {
+                        l.queue(lkey, &mut self.accept_queue);
                     }
                 }
             }
@@ -734,9 +738,8 @@ impl Engine {
                         l.route = Rc::new(Route::new(entry));
                         changed += 1;
                         // max-conns may have grown: accept what waits.
-                        if l.ready && !l.queued {
-                            l.queued = true;
-                            self.accept_queue.push(key);
+                        if l.ready {
+                            l.queue(key, &mut self.accept_queue);
                         }
                     }
                 }
