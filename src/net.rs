@@ -33,17 +33,34 @@ pub fn bind_listener(addr: SocketAddr) -> io::Result<TcpListener> {
 }
 
 /// Sets `TCP_NODELAY` and, when asked, TCP keepalive with `keepalive` as the
-/// idle time before the first probe.
+/// idle time before the first probe, on a socket we dialed.
 ///
 /// # Errors
 /// The first `setsockopt` that fails (rare: the socket is already dead).
 pub fn tune(stream: &TcpStream, keepalive: Option<Duration>) -> io::Result<()> {
-    stream.set_nodelay(true)?;
+    let socket = SockRef::from(stream);
+    socket.set_nodelay(true)?;
     if let Some(idle) = keepalive {
-        let params = TcpKeepalive::new().with_time(idle);
-        SockRef::from(stream).set_tcp_keepalive(&params)?;
+        socket.set_tcp_keepalive(&TcpKeepalive::new().with_time(idle))?;
     }
     Ok(())
+}
+
+/// Sets on a listener the options its accepted sockets should have:
+/// `TCP_NODELAY` and keepalive (on with `keepalive` as idle time, or off).
+/// Linux copies them into every socket `accept` returns (the child socket is
+/// a clone of the listener), which saves three `setsockopt` calls per
+/// accepted connection; `tests/limits.rs` checks the accepted side's timer.
+///
+/// # Errors
+/// The first `setsockopt` that fails.
+pub fn tune_listener(listener: &TcpListener, keepalive: Option<Duration>) -> io::Result<()> {
+    let socket = SockRef::from(listener);
+    socket.set_nodelay(true)?;
+    match keepalive {
+        Some(idle) => socket.set_tcp_keepalive(&TcpKeepalive::new().with_time(idle)),
+        None => socket.set_keepalive(false),
+    }
 }
 
 /// Makes the next close of `stream` send a reset instead of a FIN, so a
@@ -130,6 +147,35 @@ mod tests {
         let port = v6.local_addr().unwrap().port();
         let v4 = bind_listener(SocketAddr::from(([127, 0, 0, 1], port)));
         assert!(v4.is_ok(), "v4 bind beside v6-only failed: {v4:?}");
+    }
+
+    #[test]
+    fn accepted_sockets_inherit_the_listeners_options() {
+        let listener = bind_listener("127.0.0.1:0".parse().unwrap()).unwrap();
+        tune_listener(&listener, Some(Duration::from_secs(7))).unwrap();
+        let addr = listener.local_addr().unwrap();
+        let _client = std::net::TcpStream::connect(addr).unwrap();
+        let accepted = loop {
+            match listener.accept() {
+                Ok((s, _)) => break s,
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => std::thread::yield_now(),
+                Err(e) => panic!("accept: {e}"),
+            }
+        };
+        let s = SockRef::from(&accepted);
+        assert!(s.nodelay().unwrap());
+        assert!(s.keepalive().unwrap());
+        assert_eq!(s.keepalive_time().unwrap(), Duration::from_secs(7));
+        tune_listener(&listener, None).unwrap();
+        let _client = std::net::TcpStream::connect(addr).unwrap();
+        let accepted = loop {
+            match listener.accept() {
+                Ok((s, _)) => break s,
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => std::thread::yield_now(),
+                Err(e) => panic!("accept: {e}"),
+            }
+        };
+        assert!(!SockRef::from(&accepted).keepalive().unwrap());
     }
 
     #[test]

@@ -197,6 +197,8 @@ pub struct Engine {
     scratch: Box<[u8]>,
     stop: Option<&'static str>,
     started: Instant,
+    /// The signal source fired this tick (draining it costs a syscall).
+    signalled: bool,
 }
 
 impl Engine {
@@ -242,6 +244,7 @@ impl Engine {
             scratch: vec![0u8; connect::MAX_HEAD + 1].into_boxed_slice(),
             stop: None,
             started: Instant::now(),
+            signalled: false,
         };
         for entry in config.entries {
             let (listen, line) = (entry.listen, entry.line);
@@ -307,6 +310,7 @@ impl Engine {
     fn add_listener(&mut self, entry: Entry) -> io::Result<()> {
         let listen = entry.listen;
         let mut socket = net::bind_listener(listen)?;
+        net::tune_listener(&socket, entry.options.keepalive)?;
         // Port 0 (in-process tests and benches only: the config parser
         // refuses it) is keyed by the port the kernel chose.
         let key_addr = match socket.local_addr() {
@@ -398,7 +402,8 @@ impl Engine {
 
     fn record(&mut self, event: &Event) {
         match event.token() {
-            WAKER | SIGNALS => {} // handled every tick anyway
+            WAKER => {} // the channel is checked every tick (no syscall)
+            SIGNALS => self.signalled = true,
             token => {
                 let (key, side) = tunnel::decode(token);
                 match self.slab.get_mut(key) {
@@ -550,9 +555,7 @@ impl Engine {
             warn!("accept on {}: register: {e}", route.entry.listen);
             return;
         }
-        if let Err(e) = net::tune(&stream, route.entry.options.keepalive) {
-            debug!("tunnel {id}: socket options on client: {e}");
-        }
+        // TCP_NODELAY and keepalive came from the listener (net::tune_listener).
         let listen = route.entry.listen;
         let mut t = Box::new(Tunnel::new(
             id,
@@ -627,6 +630,9 @@ impl Engine {
 
     fn handle_signals(&mut self) {
         use signal_hook::consts::{SIGHUP, SIGINT, SIGTERM, SIGUSR1};
+        if !std::mem::take(&mut self.signalled) {
+            return;
+        }
         let Some(signals) = self.signals.as_mut() else {
             return;
         };
@@ -682,7 +688,7 @@ impl Engine {
             let Slot::Tunnel(mut t) = self.slab.remove(key) else {
                 continue;
             };
-            t.close(self.poll.registry());
+            t.close();
             t.log_end(now);
             let (up, down) = t.bytes();
             self.bytes_total.0 += up;
@@ -735,6 +741,9 @@ impl Engine {
                             "changed {listen} -> {}",
                             Route::new(entry.clone()).describe()
                         );
+                        if let Err(e) = net::tune_listener(&l.socket, entry.options.keepalive) {
+                            warn!("{listen}: socket options for new tunnels: {e}");
+                        }
                         l.route = Rc::new(Route::new(entry));
                         changed += 1;
                         // max-conns may have grown: accept what waits.
@@ -821,7 +830,7 @@ impl Engine {
                 }
                 Slot::Tunnel(mut t) => {
                     t.shut_down();
-                    t.close(self.poll.registry());
+                    t.close();
                     t.log_end(now);
                 }
             }
