@@ -725,13 +725,18 @@ impl Tunnel {
                 &mut self.client_to_upstream,
                 &mut budget,
                 Side::Client,
+                self.upstream_to_client.dst_shut,
             );
+            if let Err(f) = a {
+                break Err(f);
+            }
             let b = pump(
                 upstream,
                 &mut self.client,
                 &mut self.upstream_to_client,
                 &mut budget,
                 Side::Upstream,
+                self.client_to_upstream.dst_shut,
             );
             match (a, b) {
                 (Err(f), _) | (_, Err(f)) => break Err(f),
@@ -891,14 +896,16 @@ struct Fault {
 
 /// Moves bytes from `src` through `flow`'s ring to `dst` until neither the
 /// read nor the write can make progress; shuts `dst` for writing once `src`
-/// has ended and everything it sent has been delivered. Returns whether
-/// anything happened.
+/// has ended and everything it sent has been delivered (`other_done`: the
+/// opposite direction is shut already, so the close that follows does it).
+/// Returns whether anything happened.
 fn pump(
     src: &mut Endpoint,
     dst: &mut Endpoint,
     flow: &mut Flow,
     budget: &mut usize,
     src_side: Side,
+    other_done: bool,
 ) -> Result<bool, Fault> {
     let dst_side = match src_side {
         Side::Client => Side::Upstream,
@@ -967,6 +974,13 @@ fn pump(
         if flow.src_eof && flow.ring.is_empty() && !flow.dst_shut {
             flow.dst_shut = true;
             moved = true;
+            // When the other direction is already shut, the tunnel ends in
+            // this tick and closing the socket sends this FIN: every byte of
+            // both sources was read up to EOF, so close cannot turn into a
+            // reset, and the shutdown call would be redundant.
+            if other_done {
+                return Ok(true);
+            }
             if let Err(error) = dst.stream.shutdown(Shutdown::Write) {
                 if error.kind() != io::ErrorKind::NotConnected {
                     return Err(Fault {
