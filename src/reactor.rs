@@ -9,7 +9,7 @@
 //! work left, else the nearest deadline, else none: idle costs no CPU) →
 //! poll → record readiness and queue owners → drive queued tunnels → accept
 //! → handle messages (resolutions, reloads, signals) → expire deadlines →
-//! deregister and remove finished tunnels. Removing last means a key freed in
+//! remove finished tunnels (closing their sockets). Removing last means a key freed in
 //! this batch is never reused while stale events for it are queued.
 
 use std::cmp::Reverse;

@@ -173,7 +173,7 @@ pub enum State {
     ReadingHeaders { deadline: Instant },
     /// Moving bytes both ways.
     Forwarding,
-    /// Done; the reactor deregisters and drops the tunnel.
+    /// Done; the reactor drops the tunnel at the end of the tick.
     Closing(Reason),
 }
 
@@ -197,7 +197,7 @@ pub enum Progress {
     Idle,
     /// Out of budget with work left: drive again without waiting.
     MoreWork,
-    /// In `Closing`: deregister and drop it.
+    /// In `Closing`: drop it at the end of the tick.
     Finished,
 }
 
