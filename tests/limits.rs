@@ -364,7 +364,10 @@ fn descriptors_return_to_baseline_after_clients_close() {
         "the open tunnels hold descriptors"
     );
     drop(held);
-    let ok = wait_until(Duration::from_secs(10), || fd_count(pid) == baseline);
+    // `<=`: in one CI run the baseline itself caught a socket of the warm-up
+    // tunnel still open (18 at baseline, 17 at the end, nothing else open);
+    // what matters is that nothing the tunnels opened is still held.
+    let ok = wait_until(Duration::from_secs(10), || fd_count(pid) <= baseline);
     assert!(
         ok,
         "{} descriptors open 10 s after every client left, {baseline} before\n\
