@@ -27,11 +27,11 @@ impl Write for TickWriter {
         }
     }
 
+    /// Deliberately does nothing: env_logger flushes its target after every
+    /// record, which would turn the buffer back into one `write(2)` a line.
+    /// The buffer is written by [`flush`] (every reactor tick) or when full.
     fn flush(&mut self) -> io::Result<()> {
-        match self.0.lock() {
-            Ok(mut w) => w.flush(),
-            Err(_) => Ok(()),
-        }
+        Ok(())
     }
 }
 
@@ -53,5 +53,41 @@ pub fn flush() {
                 let _ = w.flush();
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::mpsc;
+
+    /// Counts the writes that reach the underlying output.
+    struct Counting(mpsc::Sender<usize>);
+
+    impl Write for Counting {
+        fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+            let _ = self.0.send(buf.len());
+            Ok(buf.len())
+        }
+        fn flush(&mut self) -> io::Result<()> {
+            Ok(())
+        }
+    }
+
+    #[test]
+    fn lines_reach_the_output_only_when_the_tick_flushes() {
+        let (tx, rx) = mpsc::channel();
+        let mut w = install(Box::new(Counting(tx)));
+        // What env_logger does for each record: write, then flush.
+        for _ in 0..3 {
+            w.write_all(b"a line\n").unwrap();
+            w.flush().unwrap();
+        }
+        assert!(
+            rx.try_recv().is_err(),
+            "nothing written before the tick's flush"
+        );
+        flush();
+        assert_eq!(rx.try_iter().sum::<usize>(), 21, "three lines in one write");
     }
 }
