@@ -26,7 +26,7 @@ use std::time::{Duration, Instant};
 use log::{debug, error, info, warn};
 use mio::event::Event;
 use mio::net::TcpListener;
-use mio::{Events, Interest, Poll, Registry, Token, Waker};
+use mio::{Events, Interest, Poll, Token, Waker};
 use slab::Slab;
 
 use crate::config::{self, AuthScheme, Config, Entry};
@@ -836,11 +836,5 @@ impl Engine {
             }
         }
         self.by_listen.clear();
-    }
-
-    /// The registry, for tests that need to inspect registration.
-    #[doc(hidden)]
-    pub fn registry(&self) -> &Registry {
-        self.poll.registry()
     }
 }
