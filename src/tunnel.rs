@@ -932,7 +932,6 @@ fn pump(
                     }
                 }
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => src.readable = false,
-                Err(e) if e.kind() == io::ErrorKind::Interrupted => moved = true,
                 Err(error) => {
                     return Err(Fault {
                         side: src_side,
@@ -943,13 +942,10 @@ fn pump(
         }
         if !flow.ring.is_empty() && dst.writable {
             let pending = flow.ring.len();
+            // The ring retries Interrupted itself and turns a write that
+            // takes nothing into WriteZero, so only WouldBlock and real
+            // errors come back here.
             match flow.ring.write_to(&mut dst.stream) {
-                Ok(0) => {
-                    return Err(Fault {
-                        side: dst_side,
-                        error: io::ErrorKind::WriteZero.into(),
-                    })
-                }
                 Ok(n) => {
                     flow.bytes += n as u64;
                     *budget = budget.saturating_sub(n);
@@ -962,7 +958,6 @@ fn pump(
                     }
                 }
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => dst.writable = false,
-                Err(e) if e.kind() == io::ErrorKind::Interrupted => moved = true,
                 Err(error) => {
                     return Err(Fault {
                         side: dst_side,
