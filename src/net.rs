@@ -71,17 +71,64 @@ pub fn reset_on_close(stream: &TcpStream) {
     let _ = SockRef::from(stream).set_linger(Some(Duration::ZERO));
 }
 
-/// True when `n` more file descriptors can be opened right now. Used only
-/// after accept ran out of descriptors (a rare path: it costs 2n syscalls).
-pub fn descriptors_free(n: usize) -> bool {
-    let mut held = Vec::with_capacity(n);
-    for _ in 0..n {
-        match std::fs::File::open("/dev/null") {
-            Ok(f) => held.push(f),
-            Err(_) => return false,
-        }
+/// A socket for a tunnel's upstream connection, made before its client is
+/// accepted (SPEC "Limits and faults": a client is accepted only when a
+/// descriptor is there for its upstream connection, so a client is never
+/// accepted only to be dropped when its dial runs out of descriptors).
+/// Non-blocking, close-on-exec, not connected yet.
+#[derive(Debug)]
+pub struct Reserved {
+    socket: Socket,
+    v6: bool,
+}
+
+impl Reserved {
+    /// Makes a TCP socket of the IPv6 family when `v6`, else IPv4.
+    ///
+    /// # Errors
+    /// What `socket(2)` says: EMFILE/ENFILE when out of descriptors.
+    pub fn new(v6: bool) -> io::Result<Reserved> {
+        let domain = if v6 { Domain::IPV6 } else { Domain::IPV4 };
+        let socket = Socket::new(domain, Type::STREAM.nonblocking(), Some(Protocol::TCP))?;
+        Ok(Reserved { socket, v6 })
     }
-    true
+
+    /// The family this socket can connect to.
+    pub fn is_v6(&self) -> bool {
+        self.v6
+    }
+}
+
+/// Starts a non-blocking connect to `addr`, on the reserved socket when its
+/// family fits (it is taken), else on a new one (a reserve of the other
+/// family is closed first, so the descriptor it frees is the one reused).
+/// Completion is reported by readiness, as for `mio::net::TcpStream::connect`.
+///
+/// # Errors
+/// Making the socket (EMFILE), or an immediate failure of `connect(2)`.
+pub fn dial(reserve: &mut Option<Reserved>, addr: SocketAddr) -> io::Result<TcpStream> {
+    let reserved = match reserve.take() {
+        Some(r) if r.v6 == addr.is_ipv6() => r,
+        other => {
+            drop(other);
+            Reserved::new(addr.is_ipv6())?
+        }
+    };
+    match reserved.socket.connect(&addr.into()) {
+        Ok(()) => {}
+        Err(e) if e.raw_os_error() == Some(libc::EINPROGRESS) => {}
+        Err(e) => return Err(e),
+    }
+    Ok(TcpStream::from_std(reserved.socket.into()))
+}
+
+/// The error pending on `stream` (`SO_ERROR`, cleared by reading it), or
+/// `None`. After an error or hang-up hint, this tells a reset from a FIN.
+pub fn pending_error(stream: &TcpStream) -> Option<io::Error> {
+    match stream.take_error() {
+        Ok(e) => e,
+        Err(e) => Some(e),
+    }
 }
 
 /// True when the error is the peer's doing: it reset or vanished.

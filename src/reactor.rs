@@ -144,9 +144,8 @@ struct Listener {
     ready: bool,
     /// Paused after EMFILE and similar until this instant.
     paused_until: Option<Instant>,
-    /// The last accept ran out of descriptors: before accepting again, make
-    /// sure a tunnel's two descriptors are free, or the accepted client
-    /// would only be dropped when its upstream dial fails.
+    /// The listener is paused for want of descriptors (warned once when it
+    /// starts, said again at info when accepting works again).
     short_of_fds: bool,
     queued: bool,
 }
@@ -199,6 +198,9 @@ pub struct Engine {
     started: Instant,
     /// The signal source fired this tick (draining it costs a syscall).
     signalled: bool,
+    /// An upstream socket made for a client that was not there (accept
+    /// said WouldBlock): the next accept of a route of its family uses it.
+    spare: Option<net::Reserved>,
 }
 
 impl Engine {
@@ -245,6 +247,7 @@ impl Engine {
             stop: None,
             started: Instant::now(),
             signalled: false,
+            spare: None,
         };
         for entry in config.entries {
             let (listen, line) = (entry.listen, entry.line);
@@ -480,6 +483,12 @@ impl Engine {
 
     /// Accepts from one listener until WouldBlock, max-conns, a descriptor
     /// shortage or the batch limit.
+    ///
+    /// Each accept is preceded by making the tunnel's upstream socket, so a
+    /// client is accepted only when its upstream descriptor is already held:
+    /// out of descriptors, clients wait in the listen backlog instead of
+    /// being accepted and then reset (SPEC "Limits and faults"), whatever
+    /// else happens in the same tick.
     fn accept_on(&mut self, key: usize, now: Instant) {
         for _ in 0..ACCEPT_BATCH {
             let Some(Slot::Listener(l)) = self.slab.get_mut(key) else {
@@ -487,13 +496,6 @@ impl Engine {
             };
             if !l.ready || l.paused_until.is_some() {
                 return;
-            }
-            if l.short_of_fds {
-                if !net::descriptors_free(2) {
-                    l.pause(key, now, &mut self.timers);
-                    return;
-                }
-                l.short_of_fds = false;
             }
             if let Some(max) = l.route.entry.options.max_conns {
                 if l.open >= max {
@@ -504,24 +506,40 @@ impl Engine {
                     return; // resumed when one of its tunnels closes
                 }
             }
-            match l.socket.accept() {
-                Ok((stream, client_addr)) => self.open_tunnel(key, stream, client_addr, now),
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
-                    l.ready = false;
+            let v6 = l.route.first_hop_ip.is_some_and(|a| a.is_ipv6());
+            let reserve = match self.spare.take() {
+                Some(r) if r.is_v6() == v6 => Ok(r),
+                other => {
+                    drop(other);
+                    net::Reserved::new(v6)
+                }
+            };
+            let reserve = match reserve {
+                Ok(r) => r,
+                Err(e) => {
+                    Self::short_of_descriptors(l, key, now, &mut self.timers, "socket", &e);
                     return;
                 }
-                Err(e) if net::is_transient_accept_error(&e) => {}
+            };
+            match l.socket.accept() {
+                Ok((stream, client_addr)) => {
+                    if std::mem::take(&mut l.short_of_fds) {
+                        info!("accepting on {} again", l.route.entry.listen);
+                    }
+                    self.open_tunnel(key, stream, client_addr, reserve, now)
+                }
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                    l.ready = false;
+                    self.spare = Some(reserve);
+                    return;
+                }
+                Err(e) if net::is_transient_accept_error(&e) => self.spare = Some(reserve),
                 Err(e) => {
                     // EMFILE, ENFILE, ENOBUFS, ENOMEM: the connection stays
                     // queued; edge triggers will not report it again, so we
                     // come back ourselves after a pause (or a tunnel closing).
-                    warn!(
-                        "accept on {}: {e}; pausing this listener for {}ms",
-                        l.route.entry.listen,
-                        ACCEPT_BACKOFF.as_millis()
-                    );
-                    l.short_of_fds = true;
-                    l.pause(key, now, &mut self.timers);
+                    drop(reserve);
+                    Self::short_of_descriptors(l, key, now, &mut self.timers, "accept", &e);
                     return;
                 }
             }
@@ -532,11 +550,36 @@ impl Engine {
         }
     }
 
+    /// Pauses listener `l` for [`ACCEPT_BACKOFF`] after `what` failed with
+    /// `e`: one warn line when the shortage starts, debug lines while it
+    /// lasts (a retry every 100 ms must not flood the log).
+    fn short_of_descriptors(
+        l: &mut Listener,
+        key: usize,
+        now: Instant,
+        timers: &mut Timers,
+        what: &str,
+        e: &io::Error,
+    ) {
+        let pause = ACCEPT_BACKOFF.as_millis();
+        if l.short_of_fds {
+            debug!("{what} for {}: {e}; still pausing", l.route.entry.listen);
+        } else {
+            warn!(
+                "{what} for {}: {e}; clients wait in the backlog, retrying every {pause}ms or when a tunnel closes",
+                l.route.entry.listen
+            );
+            l.short_of_fds = true;
+        }
+        l.pause(key, now, timers);
+    }
+
     fn open_tunnel(
         &mut self,
         listener_key: usize,
         mut stream: mio::net::TcpStream,
         client_addr: SocketAddr,
+        reserve: net::Reserved,
         now: Instant,
     ) {
         let id = self.next_id();
@@ -564,6 +607,7 @@ impl Engine {
             route,
             stream,
             client_addr,
+            Some(reserve),
             now,
         ));
         debug!("{}: accepted", t.prefix());

@@ -212,6 +212,11 @@ struct Endpoint {
     /// tells ReadingHeaders that a partial head will never complete (`peek`
     /// never reports EOF while bytes are buffered).
     read_closed: bool,
+    /// mio reported an error or a hang-up: the pending socket error must be
+    /// looked at even when neither a read nor a write is wanted (a reset on
+    /// a side whose ring is full and which has nothing to be sent would go
+    /// unnoticed otherwise). Cleared when looked at.
+    fault_hint: bool,
 }
 
 impl Endpoint {
@@ -221,6 +226,7 @@ impl Endpoint {
             readable: false,
             writable: false,
             read_closed: false,
+            fault_hint: false,
         }
     }
 }
@@ -296,6 +302,9 @@ pub struct Tunnel {
     last_activity: Instant,
     max_idle: Duration,
     first_closed: Option<Side>,
+    /// The upstream socket, made before the client was accepted; the dial
+    /// uses it.
+    reserve: Option<net::Reserved>,
     /// Set while the tunnel is on the reactor's list of tunnels to drive.
     pub queued: bool,
 }
@@ -309,6 +318,7 @@ impl Tunnel {
         route: Rc<Route>,
         client: TcpStream,
         client_addr: SocketAddr,
+        reserve: Option<net::Reserved>,
         now: Instant,
     ) -> Tunnel {
         let capacity = route.entry.options.buffer;
@@ -330,6 +340,7 @@ impl Tunnel {
             last_activity: now,
             max_idle: Duration::ZERO,
             first_closed: None,
+            reserve,
             queued: false,
         }
     }
@@ -389,6 +400,9 @@ impl Tunnel {
             if event.is_writable() || event.is_write_closed() || event.is_error() {
                 e.writable = true;
             }
+            if event.is_error() || (event.is_read_closed() && event.is_write_closed()) {
+                e.fault_hint = true;
+            }
         }
     }
 
@@ -432,7 +446,7 @@ impl Tunnel {
         self.upstream = None;
         while let Some(&addr) = addrs.get(next) {
             next += 1;
-            match TcpStream::connect(addr) {
+            match net::dial(&mut self.reserve, addr) {
                 Ok(mut stream) => {
                     if let Err(e) = ctx.registry.register(
                         &mut stream,
@@ -483,6 +497,9 @@ impl Tunnel {
 
     /// Moves the tunnel as far as readiness allows.
     pub fn drive(&mut self, ctx: &mut Ctx<'_>) -> Progress {
+        if let Some(fault) = self.take_fault() {
+            return self.end_with(fault);
+        }
         loop {
             let before = std::mem::discriminant(&self.state);
             let progress = match self.state {
@@ -761,18 +778,7 @@ impl Tunnel {
             }
         }
         match result {
-            Err(fault) => {
-                if self.first_closed.is_none() {
-                    self.first_closed = Some(fault.side);
-                }
-                let reason = match (fault.side, net::is_peer_reset(&fault.error)) {
-                    (Side::Client, true) => Reason::ClientReset,
-                    (Side::Upstream, true) => Reason::UpstreamReset,
-                    (side, false) => Reason::Error(format!("{side}: {}", fault.error)),
-                };
-                self.set_state(State::Closing(reason));
-                Progress::Finished
-            }
+            Err(fault) => self.end_with(fault),
             Ok(()) if self.client_to_upstream.dst_shut && self.upstream_to_client.dst_shut => {
                 self.set_state(State::Closing(Reason::Eof));
                 Progress::Finished
@@ -780,6 +786,49 @@ impl Tunnel {
             Ok(()) if budget == 0 => Progress::MoreWork,
             Ok(()) => Progress::Idle,
         }
+    }
+
+    /// The error pending on a socket that had an error or hang-up hint, if
+    /// any. The upstream is left alone while it is being dialed, since
+    /// there an error is a failed dial (`check_connected` takes it).
+    fn take_fault(&mut self) -> Option<Fault> {
+        if std::mem::take(&mut self.client.fault_hint) {
+            if let Some(error) = net::pending_error(&self.client.stream) {
+                return Some(Fault {
+                    side: Side::Client,
+                    error,
+                });
+            }
+        }
+        if matches!(self.state, State::Accepting { .. } | State::Dialing { .. }) {
+            return None;
+        }
+        let up = self.upstream.as_mut()?;
+        if std::mem::take(&mut up.fault_hint) {
+            if let Some(error) = net::pending_error(&up.stream) {
+                return Some(Fault {
+                    side: Side::Upstream,
+                    error,
+                });
+            }
+        }
+        None
+    }
+
+    /// Ends the tunnel on a socket error: both sides close, a reset passed
+    /// on as a reset (see [`Tunnel::close`]); the bytes still buffered for
+    /// a peer that reset can never be delivered.
+    fn end_with(&mut self, fault: Fault) -> Progress {
+        if self.first_closed.is_none() {
+            self.first_closed = Some(fault.side);
+        }
+        let reason = match (fault.side, net::is_peer_reset(&fault.error)) {
+            (Side::Client, true) => Reason::ClientReset,
+            (Side::Upstream, true) => Reason::UpstreamReset,
+            (side, false) => Reason::Error(format!("{side}: {}", fault.error)),
+        };
+        self.set_state(State::Closing(reason));
+        Progress::Finished
     }
 
     /// The instant at which [`Tunnel::expire`] has something to do.
@@ -1087,6 +1136,7 @@ mod state_tests {
             route,
             client,
             client_addr,
+            None,
             Instant::now(),
         );
         Fixture {
