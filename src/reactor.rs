@@ -599,11 +599,9 @@ impl Engine {
             return;
         }
         // TCP_NODELAY and keepalive came from the listener (net::tune_listener).
-        let listen = route.entry.listen;
         let mut t = Box::new(Tunnel::new(
             id,
             listener,
-            listen,
             route,
             stream,
             client_addr,

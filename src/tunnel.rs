@@ -314,7 +314,6 @@ impl Tunnel {
     pub fn new(
         id: u64,
         listener: (usize, u64),
-        listen: SocketAddr,
         route: Rc<Route>,
         client: TcpStream,
         client_addr: SocketAddr,
@@ -326,7 +325,7 @@ impl Tunnel {
         Tunnel {
             id,
             listener,
-            listen,
+            listen: route.entry.listen,
             route,
             client_addr,
             client: Endpoint::new(client),
@@ -1128,17 +1127,7 @@ mod state_tests {
             )
             .unwrap();
         let route = Rc::new(Route::new(entry));
-        let listen = route.entry.listen;
-        let tunnel = Tunnel::new(
-            1,
-            (0, 0),
-            listen,
-            route,
-            client,
-            client_addr,
-            None,
-            Instant::now(),
-        );
+        let tunnel = Tunnel::new(1, (0, 0), route, client, client_addr, None, Instant::now());
         Fixture {
             poll,
             events: Events::with_capacity(64),
