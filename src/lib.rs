@@ -7,6 +7,7 @@
 //! config}`; `reload` and `resolve` reach the reactor only through its
 //! channel and waker.
 
+pub mod auth;
 pub mod cli;
 pub mod config;
 pub mod connect;
@@ -16,6 +17,7 @@ pub mod reactor;
 pub mod reload;
 pub mod resolve;
 pub mod ring;
+pub mod transport;
 pub mod tunnel;
 
 pub use reactor::{Engine, EngineOptions, Handle, StartError};

@@ -29,13 +29,13 @@ use mio::net::TcpListener;
 use mio::{Events, Interest, Poll, Token, Waker};
 use slab::Slab;
 
-use crate::config::{self, AuthScheme, Config, Entry};
-use crate::connect;
+use crate::auth;
+use crate::config::{self, Config, Entry};
 use crate::logsink;
 use crate::net;
 use crate::reload::{self, Reloader};
 use crate::resolve::{Job, Resolve, Resolver, SystemResolver};
-use crate::tunnel::{self, Ctx, Progress, Route, State, Tunnel};
+use crate::tunnel::{self, Ctx, Progress, Route, Tunnel};
 
 const WAKER: Token = Token(usize::MAX);
 const SIGNALS: Token = Token(usize::MAX - 1);
@@ -193,7 +193,6 @@ pub struct Engine {
     next_id: u64,
     tunnels_total: u64,
     bytes_total: (u64, u64),
-    scratch: Box<[u8]>,
     stop: Option<&'static str>,
     started: Instant,
     /// The signal source fired this tick (draining it costs a syscall).
@@ -243,7 +242,6 @@ impl Engine {
             next_id: 1,
             tunnels_total: 0,
             bytes_total: (0, 0),
-            scratch: vec![0u8; connect::MAX_HEAD + 1].into_boxed_slice(),
             stop: None,
             started: Instant::now(),
             signalled: false,
@@ -335,14 +333,9 @@ impl Engine {
             route.entry.line,
             route.describe()
         );
-        if let Some(p) = &route.entry.proxy {
-            if p.credentials.is_some()
-                && matches!(p.auth_scheme, AuthScheme::Digest | AuthScheme::Ntlm)
-            {
-                warn!(
-                    "{listen} (line {}): auth-scheme={} is not supported yet; CONNECT requests go without credentials",
-                    route.entry.line, p.auth_scheme
-                );
+        for hop in &route.hops {
+            if let Some(warning) = auth::load_warning(&hop.proxy) {
+                warn!("{listen} (line {}): {warning}", route.entry.line);
             }
         }
         slot.insert(Slot::Listener(Listener {
@@ -434,40 +427,42 @@ impl Engine {
                 continue;
             };
             t.queued = false;
-            let was_forwarding = matches!(t.state(), State::Forwarding);
             let mut ctx = Ctx {
                 registry: self.poll.registry(),
                 key,
                 now,
-                scratch: &mut self.scratch,
             };
             let progress = t.drive(&mut ctx);
-            let entered_forwarding = !was_forwarding && matches!(t.state(), State::Forwarding);
-            let deadline = if entered_forwarding {
-                t.deadline()
-            } else {
-                None
-            };
-            let id = t.id;
             self.after_drive(key, progress);
-            if let Some(at) = deadline {
-                self.timers.push(Reverse((at, key, id)));
-            }
         }
     }
 
+    /// Acts on what a drive (or start, or resolution) reported, and arms a
+    /// timer when the tunnel's deadline is earlier than the one armed.
     fn after_drive(&mut self, key: usize, progress: Progress) {
-        match progress {
-            Progress::Idle => {}
-            Progress::MoreWork => {
-                if let Some(Slot::Tunnel(t)) = self.slab.get_mut(key) {
-                    if !t.queued {
-                        t.queued = true;
-                        self.drive_queue.push(key);
-                    }
-                }
+        if progress == Progress::Finished {
+            self.finished.push(key);
+            return;
+        }
+        let Some(Slot::Tunnel(t)) = self.slab.get_mut(key) else {
+            return;
+        };
+        if progress == Progress::MoreWork && !t.queued {
+            t.queued = true;
+            self.drive_queue.push(key);
+        }
+        Self::arm(&mut self.timers, key, t);
+    }
+
+    /// Pushes a timer for `t`'s deadline unless one at or before it is armed.
+    /// Deadlines move later as a tunnel runs (idle time counted from the last
+    /// byte), so a timer that fires early finds nothing due and re-arms.
+    fn arm(timers: &mut Timers, key: usize, t: &mut Tunnel) {
+        if let Some(at) = t.deadline() {
+            if t.timer.map_or(true, |armed| at < armed) {
+                t.timer = Some(at);
+                timers.push(Reverse((at, key, t.id)));
             }
-            Progress::Finished => self.finished.push(key),
         }
     }
 
@@ -506,7 +501,7 @@ impl Engine {
                     return; // resumed when one of its tunnels closes
                 }
             }
-            let v6 = l.route.first_hop_ip.is_some_and(|a| a.is_ipv6());
+            let v6 = l.route.first_hop_ip().is_some_and(|a| a.is_ipv6());
             let reserve = match self.spare.take() {
                 Some(r) if r.is_v6() == v6 => Ok(r),
                 other => {
@@ -609,11 +604,8 @@ impl Engine {
             now,
         ));
         debug!("{}: accepted", t.prefix());
-        if let Some(at) = t.deadline() {
-            self.timers.push(Reverse((at, key, id)));
-        }
         let progress = if t.needs_resolution() {
-            let hop = &t.route.first_hop;
+            let hop = t.route.first_hop();
             self.resolver.submit(Job {
                 tag: (key, id),
                 host: hop.host.clone(),
@@ -625,7 +617,6 @@ impl Engine {
                 registry: self.poll.registry(),
                 key,
                 now,
-                scratch: &mut self.scratch,
             };
             t.start(&mut ctx)
         };
@@ -664,7 +655,6 @@ impl Engine {
             registry: self.poll.registry(),
             key,
             now,
-            scratch: &mut self.scratch,
         };
         let progress = t.resolved(answer, &mut ctx);
         self.after_drive(key, progress);
@@ -702,13 +692,10 @@ impl Engine {
             }
             self.timers.pop();
             match self.slab.get_mut(key) {
-                Some(Slot::Tunnel(t)) if t.id == id => {
+                Some(Slot::Tunnel(t)) if t.id == id && t.timer == Some(at) => {
+                    t.timer = None;
                     let progress = t.expire(now);
-                    if progress == Progress::Finished {
-                        self.finished.push(key);
-                    } else if let Some(next) = t.deadline() {
-                        self.timers.push(Reverse((next, key, id)));
-                    }
+                    self.after_drive(key, progress);
                 }
                 Some(Slot::Listener(l))
                     if l.id == id && l.paused_until.is_some_and(|u| u <= now) =>

@@ -264,6 +264,43 @@ impl fmt::Debug for Ring {
     }
 }
 
+/// A buffer lent from the pool that ring storage comes from, given back to
+/// it when dropped: for a tunnel's handshake, which needs a buffer only
+/// until it reaches Forwarding.
+pub struct Lent(Box<[u8]>);
+
+impl Lent {
+    /// A zeroed (or spare) buffer of `capacity` bytes.
+    pub fn new(capacity: usize) -> Lent {
+        Lent(pool::take(capacity))
+    }
+}
+
+impl std::ops::Deref for Lent {
+    type Target = [u8];
+    fn deref(&self) -> &[u8] {
+        &self.0
+    }
+}
+
+impl std::ops::DerefMut for Lent {
+    fn deref_mut(&mut self) -> &mut [u8] {
+        &mut self.0
+    }
+}
+
+impl Drop for Lent {
+    fn drop(&mut self) {
+        pool::give(std::mem::take(&mut self.0));
+    }
+}
+
+impl fmt::Debug for Lent {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "Lent({} bytes)", self.0.len())
+    }
+}
+
 /// Bytes of spare ring buffers the calling thread's pool currently keeps.
 pub fn pool_retained_bytes() -> usize {
     pool::retained_bytes()

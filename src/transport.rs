@@ -1,0 +1,101 @@
+//! The seam between a tunnel's endpoint and its connection: what the
+//! handshake stages and the forwarding core call to move bytes, whatever
+//! carries them.
+//!
+//! Owns: one connection (today a plain TCP socket; a TLS session over one
+//! slots in as another variant) and the calls made on it: read, write,
+//! vectored write, shutting the write half, and whether the next step wants
+//! the socket readable or writable. Never does: readiness bookkeeping (the
+//! endpoint keeps the bits mio reported), buffering beyond what the
+//! transport itself needs, logging.
+//!
+//! An enum rather than a trait object: dispatch is a match the compiler
+//! sees through, so plain TCP costs what calling the socket directly costs
+//! (peerbench before/after, in the issue 8 note).
+
+use std::io::{self, IoSlice, IoSliceMut, Read, Write};
+use std::net::Shutdown;
+
+use mio::net::TcpStream;
+
+/// A connection a tunnel reads from and writes to.
+#[derive(Debug)]
+pub enum Transport {
+    /// Bytes go straight to the socket.
+    Tcp(TcpStream),
+}
+
+impl Transport {
+    /// The socket underneath, for registration, `SO_ERROR`, the peer
+    /// address and `SO_LINGER`.
+    pub fn tcp(&self) -> &TcpStream {
+        match self {
+            Transport::Tcp(s) => s,
+        }
+    }
+
+    /// The socket underneath, mutably (registration).
+    pub fn tcp_mut(&mut self) -> &mut TcpStream {
+        match self {
+            Transport::Tcp(s) => s,
+        }
+    }
+
+    /// Whether bytes can be read without the socket being readable
+    /// (plaintext a TLS session already decrypted). Never for plain TCP.
+    pub fn read_buffered(&self) -> bool {
+        match self {
+            Transport::Tcp(_) => false,
+        }
+    }
+
+    /// Shuts the write half: a FIN for TCP (a TLS session would send its
+    /// close_notify first).
+    ///
+    /// # Errors
+    /// What `shutdown(2)` says; `NotConnected` when the peer is gone.
+    pub fn shutdown_write(&mut self) -> io::Result<()> {
+        match self {
+            Transport::Tcp(s) => s.shutdown(Shutdown::Write),
+        }
+    }
+}
+
+impl Read for Transport {
+    #[inline]
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        match self {
+            Transport::Tcp(s) => s.read(buf),
+        }
+    }
+
+    #[inline]
+    fn read_vectored(&mut self, bufs: &mut [IoSliceMut<'_>]) -> io::Result<usize> {
+        match self {
+            Transport::Tcp(s) => s.read_vectored(bufs),
+        }
+    }
+}
+
+impl Write for Transport {
+    #[inline]
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        match self {
+            Transport::Tcp(s) => s.write(buf),
+        }
+    }
+
+    #[inline]
+    fn write_vectored(&mut self, bufs: &[IoSlice<'_>]) -> io::Result<usize> {
+        match self {
+            Transport::Tcp(s) => s.write_vectored(bufs),
+        }
+    }
+
+    #[inline]
+    fn flush(&mut self) -> io::Result<()> {
+        match self {
+            Transport::Tcp(s) => s.flush(),
+        }
+    }
+}

@@ -1,0 +1,84 @@
+//! What a tunnel needs of its entry, frozen when it is accepted: a reload
+//! replaces the listener's route, never a running tunnel's.
+//!
+//! Owns: the hops of the route in order (each proxy, with its address when
+//! it is an IP literal) and the destination. Never builds request bytes:
+//! each `SentConnect` stage builds its own (an authentication round or a
+//! later hop needs a request of its own).
+
+use std::net::{IpAddr, SocketAddr};
+
+use crate::config::{Entry, HostPort, Proxy};
+
+/// One proxy of a route.
+#[derive(Debug)]
+pub struct Hop {
+    /// The proxy as configured: address, credentials, scheme, headers.
+    pub proxy: Proxy,
+}
+
+/// The hops of one entry and where they lead.
+#[derive(Debug)]
+pub struct Route {
+    /// The entry as configured.
+    pub entry: Entry,
+    /// The proxies in order; empty for a direct entry.
+    pub hops: Vec<Hop>,
+    /// The first hop's address when it is an IP literal (no resolution).
+    first_hop_ip: Option<SocketAddr>,
+}
+
+impl Route {
+    /// The route of `entry`.
+    pub fn new(entry: Entry) -> Route {
+        let hops: Vec<Hop> = entry
+            .proxy
+            .iter()
+            .map(|p| Hop { proxy: p.clone() })
+            .collect();
+        let mut route = Route {
+            entry,
+            hops,
+            first_hop_ip: None,
+        };
+        let first = route.first_hop();
+        route.first_hop_ip = first
+            .host
+            .parse::<IpAddr>()
+            .ok()
+            .map(|ip| SocketAddr::new(ip, first.port));
+        route
+    }
+
+    /// What a tunnel dials: the first proxy, or the destination.
+    pub fn first_hop(&self) -> &HostPort {
+        match self.hops.first() {
+            Some(hop) => &hop.proxy.addr,
+            None => &self.entry.dest,
+        }
+    }
+
+    /// The first hop's address when it is an IP literal.
+    pub fn first_hop_ip(&self) -> Option<SocketAddr> {
+        self.first_hop_ip
+    }
+
+    /// What hop `hop` is asked to `CONNECT` to: the next hop, or the
+    /// destination after the last one.
+    pub fn connect_target(&self, hop: usize) -> &HostPort {
+        match self.hops.get(hop + 1) {
+            Some(next) => &next.proxy.addr,
+            None => &self.entry.dest,
+        }
+    }
+
+    /// `dest` or `dest via proxy`, as in log lines.
+    pub fn describe(&self) -> String {
+        let mut out = self.entry.dest.authority();
+        for hop in &self.hops {
+            out.push_str(" via ");
+            out.push_str(&hop.proxy.addr.authority());
+        }
+        out
+    }
+}
