@@ -94,28 +94,13 @@ impl FromStr for Key {
 fn unknown_option(key: &str) -> String {
     let closest = Key::ALL
         .iter()
-        .map(|known| (edit_distance(key, known.as_str()), known.as_str()))
+        .map(|known| (strsim::levenshtein(key, known.as_str()), known.as_str()))
         .min()
         .filter(|(distance, _)| *distance <= 2);
     match closest {
         Some((_, known)) => format!("unknown option {key:?} (did you mean {known:?}?)"),
         None => format!("unknown option {key:?}"),
     }
-}
-
-/// Levenshtein distance, for suggestions only.
-fn edit_distance(a: &str, b: &str) -> usize {
-    let b: Vec<char> = b.chars().collect();
-    let mut previous: Vec<usize> = (0..=b.len()).collect();
-    for (i, ca) in a.chars().enumerate() {
-        let mut current = vec![i + 1];
-        for (j, cb) in b.iter().enumerate() {
-            let substitution = previous[j] + usize::from(ca != *cb);
-            current.push(substitution.min(previous[j + 1] + 1).min(current[j] + 1));
-        }
-        previous = current;
-    }
-    previous[b.len()]
 }
 
 #[cfg(test)]

@@ -8,6 +8,8 @@
 
 use std::borrow::Cow;
 
+use percent_encoding::{percent_decode_str, percent_encode, NON_ALPHANUMERIC};
+
 use super::values::{check_credentials, parse_host_reason, parse_port};
 use super::{Credentials, HostPort};
 
@@ -76,41 +78,41 @@ fn parse_user_info(info: &str) -> Result<Credentials, String> {
     Ok(Credentials { user, password })
 }
 
+/// Percent-decodes `s`, strictly: every `%` must start an escape of two hex
+/// digits (the `percent-encoding` crate passes a broken escape through as
+/// it is, which would hide a typo in a password), and the result must be
+/// UTF-8.
 fn percent_decode(s: &str) -> Result<String, String> {
     let bytes = s.as_bytes();
-    let mut out = Vec::with_capacity(bytes.len());
-    let mut i = 0;
-    while i < bytes.len() {
-        if bytes[i] == b'%' {
-            let byte = match bytes.get(i + 1..i + 3) {
-                Some(&[high, low]) => hex_value(high).zip(hex_value(low)),
-                _ => None,
-            }
-            .ok_or_else(|| "'%' not followed by two hex digits".to_string())?;
-            out.push(byte.0 << 4 | byte.1);
-            i += 3;
-        } else {
-            out.push(bytes[i]);
-            i += 1;
-        }
+    let escapes_valid = bytes.iter().enumerate().all(|(i, &b)| {
+        b != b'%'
+            || bytes
+                .get(i + 1..i + 3)
+                .is_some_and(|hex| hex.iter().all(u8::is_ascii_hexdigit))
+    });
+    if !escapes_valid {
+        return Err("'%' not followed by two hex digits".to_string());
     }
-    String::from_utf8(out).map_err(|_| "not UTF-8 once percent-decoded".to_string())
-}
-
-fn hex_value(b: u8) -> Option<u8> {
-    (b as char).to_digit(16).and_then(|d| u8::try_from(d).ok())
+    percent_decode_str(s)
+        .decode_utf8()
+        .map(Cow::into_owned)
+        .map_err(|_| "not UTF-8 once percent-decoded".to_string())
 }
 
 /// The reverse of [`percent_decode`] for a user name in `--check` output:
-/// only what would break the URL is encoded, so `CORP\jdoe` stays readable.
+/// only what would break the URL is encoded, so `CORP\jdoe` (and any other
+/// non-ASCII letter) stays readable.
 pub(super) fn percent_encode_user(user: &str) -> String {
     let mut out = String::with_capacity(user.len());
     for c in user.chars() {
         if c.is_control() || c.is_whitespace() || "%:@/?#[]\"".contains(c) {
             let mut buf = [0; 4];
-            for b in c.encode_utf8(&mut buf).bytes() {
-                out.push_str(&format!("%{b:02X}"));
-            }
+            // Every byte of such a character is encoded: `NON_ALPHANUMERIC`
+            // holds each of these ASCII ones, and non-ASCII bytes always are.
+            out.extend(percent_encode(
+                c.encode_utf8(&mut buf).as_bytes(),
+                NON_ALPHANUMERIC,
+            ));
         } else {
             out.push(c);
         }
@@ -258,5 +260,23 @@ mod tests {
                 assert!(!error.contains("sekrit"), "{line:?} -> {error}");
             }
         }
+    }
+
+    #[test]
+    fn percent_codec_keeps_what_the_hand_written_one_did() {
+        // Lower-case hex decodes; a broken escape anywhere is an error, even
+        // after a valid one (the crate alone would pass it through).
+        assert_eq!(percent_decode("us%c3%a9r"), Ok("usér".to_string()));
+        assert!(percent_decode("%41%").is_err());
+        assert!(percent_decode("%%41").is_err());
+        assert_eq!(
+            percent_decode("%41%zz%FF"),
+            Err("'%' not followed by two hex digits".to_string())
+        );
+        // Letters outside ASCII stay readable; white space and controls
+        // outside ASCII are encoded, byte by byte, in upper case.
+        assert_eq!(percent_encode_user("usér"), "usér");
+        assert_eq!(percent_encode_user("a\u{a0}b\u{85}"), "a%C2%A0b%C2%85");
+        assert_eq!(percent_encode_user("a b\tc"), "a%20b%09c");
     }
 }
