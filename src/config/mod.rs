@@ -93,6 +93,7 @@ use std::path::{Path, PathBuf};
 use std::str::FromStr;
 use std::time::Duration;
 
+pub(crate) use values::is_token_char;
 pub use values::{format_duration, format_size, parse_duration, parse_size};
 
 /// Default capacity of each of a tunnel's two ring buffers. Chosen from the

@@ -252,7 +252,7 @@ pub(super) fn parse_auth(value: &str) -> Result<Credentials, String> {
     })
 }
 
-/// RFC 9110 `tchar`.
+/// RFC 9110 `tchar`; `connect` uses it for the tokens of a proxy's answer too.
 pub(crate) fn is_token_char(b: u8) -> bool {
     b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b)
 }
