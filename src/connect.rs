@@ -27,6 +27,8 @@
 use base64::Engine as _;
 use std::fmt;
 
+use crate::config::is_token_char as is_tchar;
+
 /// Longest answer head (status line through blank line) accepted, in bytes.
 pub const MAX_HEAD: usize = 16384;
 
@@ -331,11 +333,6 @@ fn split_outside_quotes(value: &[u8]) -> Vec<&[u8]> {
     }
     parts.push(&value[start..]);
     parts
-}
-
-/// RFC 9110 `tchar`.
-fn is_tchar(b: u8) -> bool {
-    b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b)
 }
 
 /// White space inside a header value (CR and LF appear in folded lines).

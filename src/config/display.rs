@@ -1,0 +1,212 @@
+//! The normalised display: the line `--check` prints for an entry.
+//!
+//! Owns: `Display` of [`Entry`] and [`HostPort`] (and [`HostPort::authority`],
+//! the form a `CONNECT` request takes), brackets around IPv6 literals, and
+//! quoting a field so that it lexes back as it was. Never does: show a
+//! password (it is always `***`).
+
+use std::borrow::Cow;
+use std::fmt;
+
+use super::url::percent_encode_user;
+use super::values::{format_duration, format_size};
+use super::{Entry, HostPort};
+
+impl HostPort {
+    /// `host:port`, or `[v6]:port` for an IPv6 literal host: the form of a
+    /// `CONNECT` request target and `Host` header.
+    pub fn authority(&self) -> String {
+        format!("{}:{}", bracketed(&self.host), self.port)
+    }
+}
+
+impl fmt::Display for HostPort {
+    /// Same as [`HostPort::authority`].
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}:{}", bracketed(&self.host), self.port)
+    }
+}
+
+impl fmt::Display for Entry {
+    /// The normalised line `--check` prints, itself a valid config line:
+    ///
+    /// ```text
+    /// LISTEN DEST_HOST DEST_PORT [PROXY_URL [auth-file=PATH] auth-scheme=S [header="N: v" ...]]
+    ///     connect-timeout=D idle-timeout=D keepalive=D max-conns=N buffer=S
+    /// ```
+    ///
+    /// (on one line). LISTEN is the socket address (`127.0.0.1:2222`,
+    /// `[::]:2222`); an IPv6 DEST_HOST is bracketed; the proxy is always a URL
+    /// `http://[USER:***@]HOST:PORT`, the user info shown when the credentials
+    /// come from the URL or `auth=` (the password always `***`), `auth-file=`
+    /// shown instead when they come from a file. Every option appears with its
+    /// effective value: durations as whole seconds (`10s`) or, when not whole,
+    /// milliseconds (`250ms`); `idle-timeout=0` for never, `keepalive=off`,
+    /// `max-conns=unlimited`; sizes in the largest exact unit (`64k`, `1m`,
+    /// `1000`). Headers are always quoted, a path when it needs it.
+    ///
+    /// Parsing this line again gives an entry with the same settings, except
+    /// that a password from the URL or `auth=` reads back as `***`.
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "{} {} {}",
+            self.listen,
+            bracketed(&self.dest.host),
+            self.dest.port
+        )?;
+        if let Some(proxy) = &self.proxy {
+            f.write_str(" http://")?;
+            if let (Some(credentials), None) = (&proxy.credentials, &proxy.auth_file) {
+                write!(f, "{}:***@", percent_encode_user(&credentials.user))?;
+            }
+            write!(f, "{}", proxy.addr)?;
+            if let Some(path) = &proxy.auth_file {
+                write!(f, " auth-file={}", quote_if_needed(&path.to_string_lossy()))?;
+            }
+            write!(f, " auth-scheme={}", proxy.auth_scheme)?;
+            for header in &proxy.headers {
+                write!(f, " header={}", quote(header))?;
+            }
+        }
+        let options = &self.options;
+        write!(
+            f,
+            " connect-timeout={} idle-timeout={} keepalive={} max-conns={} buffer={}",
+            format_duration(options.connect_timeout),
+            options
+                .idle_timeout
+                .map_or_else(|| "0".to_string(), format_duration),
+            options
+                .keepalive
+                .map_or_else(|| "off".to_string(), format_duration),
+            options
+                .max_conns
+                .map_or_else(|| "unlimited".to_string(), |n| n.to_string()),
+            format_size(options.buffer)
+        )
+    }
+}
+
+/// `[host]` for an IPv6 literal, the host itself otherwise.
+fn bracketed(host: &str) -> Cow<'_, str> {
+    if host.contains(':') {
+        Cow::Owned(format!("[{host}]"))
+    } else {
+        Cow::Borrowed(host)
+    }
+}
+
+/// A field in double quotes, `"` and `\` escaped.
+pub(super) fn quote(s: &str) -> String {
+    let mut out = String::with_capacity(s.len() + 2);
+    out.push('"');
+    for c in s.chars() {
+        if c == '"' || c == '\\' {
+            out.push('\\');
+        }
+        out.push(c);
+    }
+    out.push('"');
+    out
+}
+
+/// [`quote`] when the field would not survive unquoted.
+fn quote_if_needed(s: &str) -> Cow<'_, str> {
+    if s.is_empty()
+        || s.chars()
+            .any(|c| c.is_ascii_whitespace() || c == '"' || c == '#')
+    {
+        Cow::Owned(quote(s))
+    } else {
+        Cow::Borrowed(s)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::test_support::*;
+
+    #[test]
+    fn display_direct_entry() {
+        assert_eq!(
+            one("2222 example.com 22").to_string(),
+            "127.0.0.1:2222 example.com 22 connect-timeout=10s idle-timeout=0 keepalive=60s max-conns=unlimited buffer=256k"
+        );
+        assert_eq!(
+            one("[::]:80 2001:db8::1 8080 connect-timeout=250ms idle-timeout=1h keepalive=off max-conns=3 buffer=1000k")
+                .to_string(),
+            "[::]:80 [2001:db8::1] 8080 connect-timeout=250ms idle-timeout=3600s keepalive=off max-conns=3 buffer=1000k"
+        );
+    }
+
+    #[test]
+    fn display_proxied_entry_hides_the_password() {
+        assert_eq!(
+            one("2222 example.com 22 http://user:pw@proxy.corp:3128").to_string(),
+            "127.0.0.1:2222 example.com 22 http://user:***@proxy.corp:3128 auth-scheme=auto connect-timeout=10s idle-timeout=0 keepalive=60s max-conns=unlimited buffer=256k"
+        );
+        assert_eq!(
+            one(r#"0.0.0.0:1 h 2 ::1 3 auth=CORP\j:pw auth-scheme=ntlm header="X-Q: say \"hi\" \\o/""#).to_string(),
+            r#"0.0.0.0:1 h 2 http://CORP\j:***@[::1]:3 auth-scheme=ntlm header="X-Q: say \"hi\" \\o/" connect-timeout=10s idle-timeout=0 keepalive=60s max-conns=unlimited buffer=256k"#
+        );
+        assert_eq!(
+            one("2222 h 22 p 1 auth-file=\"with space\"").to_string(),
+            "127.0.0.1:2222 h 22 http://p:1 auth-file=\"/etc/ht/with space\" auth-scheme=auto connect-timeout=10s idle-timeout=0 keepalive=60s max-conns=unlimited buffer=256k"
+        );
+        assert_eq!(
+            one("2222 h 22 http://a%20b:pw@p:1").to_string(),
+            "127.0.0.1:2222 h 22 http://a%20b:***@p:1 auth-scheme=auto connect-timeout=10s idle-timeout=0 keepalive=60s max-conns=unlimited buffer=256k"
+        );
+        for line in [
+            "2222 h 22 http://u:s3cret@p:1",
+            "2222 h 22 p 1 auth-file=secret",
+        ] {
+            let entry = one(line);
+            assert!(!entry.to_string().contains("s3cret"));
+            assert!(!format!("{entry:?}").contains("s3cret"));
+        }
+    }
+
+    /// Parses `entry`'s Display again, without any defaults.
+    fn reparse(entry: &Entry) -> Entry {
+        one(&entry.to_string())
+    }
+
+    #[test]
+    fn display_round_trips() {
+        let text = "\
+defaults buffer=8k keepalive=off idle-timeout=90s header=X-Default:1
+2222 example.com 22
+0.0.0.0:2223 10.0.0.1 23 proxy 3128 header=\"User-Agent: Mozilla/5.0 (X11)\" auth-scheme=digest
+[::]:2224 [::1] 24 http://[2001:db8::2]:8080/ max-conns=5 connect-timeout=1500ms
+127.0.0.9:2225 h 25 p 1 auth-file=secret
+[::1]:2226 h. 26 p 1 auth-file=\"with space\" buffer=16m keepalive=1h
+";
+        for entry in ok(text).entries {
+            let again = reparse(&entry);
+            assert!(entry.same_settings(&again), "{entry}\n{again}");
+            assert_eq!(again.to_string(), entry.to_string());
+        }
+    }
+
+    #[test]
+    fn display_round_trip_of_credentials_keeps_the_user() {
+        let entry = one(r"2222 h 22 http://CORP%5Cj%40x:pw@p:1");
+        let again = reparse(&entry);
+        assert_eq!(proxy_of(&entry).credentials, Some(creds(r"CORP\j@x", "pw")));
+        assert_eq!(
+            proxy_of(&again).credentials,
+            Some(creds(r"CORP\j@x", "***"))
+        );
+    }
+
+    #[test]
+    fn authority_brackets_ipv6_only() {
+        assert_eq!(hp("example.com", 22).authority(), "example.com:22");
+        assert_eq!(hp("10.0.0.1", 80).authority(), "10.0.0.1:80");
+        assert_eq!(hp("2001:db8::1", 443).authority(), "[2001:db8::1]:443");
+        assert_eq!(hp("::1", 1).to_string(), "[::1]:1");
+    }
+}

@@ -1,0 +1,692 @@
+//! The configuration file: grammar, validation, normalised form.
+//!
+//! Owns: turning the text of a config file (and the `auth-file`s it names)
+//! into a [`Config`], or into every problem found, each as `FILE:LINE: message`.
+//! Never does: sockets, logging, DNS. Reading files happens only through
+//! [`load`] or the reader given to [`parse_str`], which callers run off the
+//! reactor thread.
+//!
+//! # Where things are
+//!
+//! - this file: the public types, [`load`] and [`parse_str`];
+//! - `lex`: one line into fields (white space, quotes, escapes, comments);
+//! - `key`: the option keys, and "did you mean" for an unknown one;
+//! - `grammar`: entry and `defaults` lines, options, merging the defaults;
+//! - `values`: one field or option value (ports, LISTEN, hosts, durations,
+//!   sizes, credentials, headers, …) into its checked form;
+//! - `url`: `PROXY_URL`, percent-decoding its user info, and hiding passwords
+//!   in messages;
+//! - `display`: the normalised line `--check` prints.
+//!
+//! # Grammar
+//!
+//! ```text
+//! file     = line *( LF line )          ; a CR before LF is dropped, a leading BOM too
+//! line     = [ entry | defaults ] [ comment ]
+//! comment  = "#" ...                    ; only at the start of a field (line start or after white space)
+//! entry    = LISTEN DEST_HOST DEST_PORT [ PROXY_HOST PROXY_PORT | PROXY_URL ] *option
+//! defaults = "defaults" 1*option
+//! option   = KEY "=" VALUE              ; KEY = [A-Za-z][A-Za-z0-9_-]*, written unquoted
+//! ```
+//!
+//! Fields are separated by ASCII white space. Inside a field a double-quoted
+//! part may hold white space and `#`; inside quotes `\"` is a quote and `\\` a
+//! backslash, any other backslash is kept as it is (so `"CORP\jdoe"` works).
+//! Outside quotes a backslash is an ordinary character. A field is an option
+//! when it starts with an unquoted `KEY=`; every other field is positional, and
+//! positional fields must come before the options.
+//!
+//! # Invariants of a parsed [`Config`]
+//!
+//! - Every LISTEN address is distinct, has a port in 1–65535, and is an IP
+//!   literal (a bare `PORT` is `127.0.0.1:PORT`).
+//! - Every host is a checked DNS name or a canonical IP literal (IPv6 stored
+//!   without brackets), so it can go into a `CONNECT` request line as it is.
+//! - Credentials, headers and hosts hold no control characters, CR or LF.
+//! - Durations are whole milliseconds; `keepalive` is whole seconds in
+//!   1 s–32767 s (Linux `TCP_KEEPIDLE` limit); `buffer` is in
+//!   [`MIN_BUFFER`]..=[`MAX_BUFFER`]; `max-conns` is at least 1.
+//! - There is at least one entry.
+//!
+//! # Choices where SPEC is silent
+//!
+//! - `defaults` lines override earlier ones key by key; `header` counts as one
+//!   key, so a `defaults` line with `header=` replaces the default header list.
+//!   An entry's own `header=` values come after the default ones, and replace a
+//!   default header of the same name (case-insensitive).
+//! - `auth`, `auth-file` and the PROXY_URL's user info are one slot: giving two
+//!   of them on one line is an error; on an entry line any of them replaces the
+//!   default credentials. A `defaults` line's `auth-file` is read (and must be
+//!   valid) at that line, once, even when no proxied entry follows.
+//! - `keepalive` must be whole seconds up to 32767 s, since that is what
+//!   `TCP_KEEPIDLE` takes; any duration is capped at [`MAX_DURATION`].
+//! - Positional fields must come before the options. A field is an option only
+//!   when it starts with an unquoted `KEY=`, so a quoted `"a=b"` is positional.
+//! - `auth-scheme` is proxy-only like `auth`, `auth-file` and `header`.
+//! - `header` refuses `Host` and `Proxy-Authorization` (the program writes
+//!   them; a secret would also show in `--check`), and `Content-Length` and
+//!   `Transfer-Encoding` (they would make the proxy wait for a request body).
+//! - `keepalive=0` means `off`, as `idle-timeout=0` means never.
+//! - Keyword values (`off`, `unlimited`, scheme names) and units are
+//!   case-insensitive; option keys are not.
+//! - A file without any entry is an error (a half-written file must not stop
+//!   every listener on reload).
+//! - An entry whose first hop (proxy, or destination when direct) is an IP
+//!   literal or `localhost` equal to its own listen address is an error: the
+//!   tunnel would connect to itself.
+//! - Error messages never echo a password: `auth` values are not quoted, and a
+//!   positional field shaped like `user:password@host` is shown as `user:***@host`.
+
+mod display;
+mod grammar;
+mod key;
+mod lex;
+#[cfg(test)]
+mod test_support;
+mod url;
+mod values;
+
+use std::fmt;
+use std::io;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::str::FromStr;
+use std::time::Duration;
+
+pub(crate) use values::is_token_char;
+pub use values::{format_duration, format_size, parse_duration, parse_size};
+
+/// Default capacity of each of a tunnel's two ring buffers. Chosen from the
+/// buffer sweep in BENCHMARKS.md (`cargo bench --bench throughput -- sweep`):
+/// one stream through the tunnel reaches 0.48x direct loopback with 64k,
+/// 0.60x with 128k and 0.70x with 256k. Rings hold memory only while bytes
+/// are in flight, so an idle tunnel costs the same at every size, and a busy
+/// one already queues megabytes in its kernel socket buffers.
+pub const DEFAULT_BUFFER: usize = 256 * 1024;
+/// Default `connect-timeout`.
+pub const DEFAULT_CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
+/// Default `keepalive` idle time.
+pub const DEFAULT_KEEPALIVE: Duration = Duration::from_secs(60);
+/// Smallest `buffer` accepted (1k).
+pub const MIN_BUFFER: usize = 1024;
+/// Largest `buffer` accepted (16m).
+pub const MAX_BUFFER: usize = 16 * 1024 * 1024;
+/// Longest duration [`parse_duration`] accepts (365 days, written `8760h`):
+/// far beyond any sensible timeout, and safe to add to an `Instant`.
+pub const MAX_DURATION: Duration = Duration::from_secs(365 * 24 * 3600);
+/// Longest `keepalive`: Linux refuses a `TCP_KEEPIDLE` above 32767 seconds.
+pub const MAX_KEEPALIVE: Duration = Duration::from_secs(32767);
+
+/// A whole, valid configuration file.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Config {
+    /// Entries in file order.
+    pub entries: Vec<Entry>,
+}
+
+/// A host (DNS name or IP literal, IPv6 without brackets) and a port.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct HostPort {
+    /// Checked DNS name, or canonical IPv4/IPv6 literal (IPv6 without brackets).
+    pub host: String,
+    /// 1–65535 when parsed from a file.
+    pub port: u16,
+}
+
+/// Proxy credentials. `Debug` never shows the password.
+#[derive(Clone, PartialEq, Eq)]
+pub struct Credentials {
+    /// Non-empty, no `:` and no control characters; may be `DOMAIN\user`.
+    pub user: String,
+    /// May be empty; no control characters.
+    pub password: String,
+}
+
+/// `auth-scheme`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AuthScheme {
+    /// Basic first, then learn the strongest scheme a 407 offers.
+    Auto,
+    /// Basic only.
+    Basic,
+    /// Digest (RFC 7616).
+    Digest,
+    /// NTLM (negotiate, challenge, authenticate).
+    Ntlm,
+}
+
+/// The HTTP proxy of an entry and everything that only makes sense with one.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Proxy {
+    /// Where the proxy listens.
+    pub addr: HostPort,
+    /// From `auth=`, the URL's user info, or the first line of `auth-file=`.
+    pub credentials: Option<Credentials>,
+    /// `auth-file=` resolved against the config file's folder (kept for display and reload).
+    pub auth_file: Option<PathBuf>,
+    /// `auth-scheme=`, [`AuthScheme::Auto`] unless given.
+    pub auth_scheme: AuthScheme,
+    /// `header=` values, each `Name: value`, in order.
+    pub headers: Vec<String>,
+}
+
+/// Per-entry options (after `defaults` were applied).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Options {
+    /// `connect-timeout`, more than zero.
+    pub connect_timeout: Duration,
+    /// `None` = never.
+    pub idle_timeout: Option<Duration>,
+    /// `None` = off.
+    pub keepalive: Option<Duration>,
+    /// `None` = unlimited.
+    pub max_conns: Option<usize>,
+    /// Capacity of each ring buffer, in bytes.
+    pub buffer: usize,
+}
+
+impl Default for Options {
+    /// The built-in defaults of SPEC's option table.
+    fn default() -> Options {
+        Options {
+            connect_timeout: DEFAULT_CONNECT_TIMEOUT,
+            idle_timeout: None,
+            keepalive: Some(DEFAULT_KEEPALIVE),
+            max_conns: None,
+            buffer: DEFAULT_BUFFER,
+        }
+    }
+}
+
+/// One forwarded port: one line of the file.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Entry {
+    /// 1-based line number in the file (ignored by [`Entry::same_settings`]).
+    pub line: usize,
+    /// The address to listen on.
+    pub listen: SocketAddr,
+    /// Where the tunnel ends.
+    pub dest: HostPort,
+    /// The HTTP proxy to go through, `None` for a direct connection.
+    pub proxy: Option<Proxy>,
+    /// Every option, defaults applied.
+    pub options: Options,
+}
+
+/// One problem found in a config file.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Error {
+    /// The file name as given by the caller.
+    pub file: String,
+    /// 1-based line number; 0 = the whole file.
+    pub line: usize,
+    /// Lowercase, no trailing period, names the field at fault.
+    pub message: String,
+}
+
+impl fmt::Display for Error {
+    /// `FILE:LINE: message`, or `FILE: message` when the line is 0.
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if self.line == 0 {
+            write!(f, "{}: {}", self.file, self.message)
+        } else {
+            write!(f, "{}:{}: {}", self.file, self.line, self.message)
+        }
+    }
+}
+
+impl std::error::Error for Error {}
+
+impl fmt::Debug for Credentials {
+    /// `user:***`: the password never reaches a log.
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}:***", self.user)
+    }
+}
+
+impl fmt::Display for AuthScheme {
+    /// The config keyword: `auto`, `basic`, `digest` or `ntlm`.
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            AuthScheme::Auto => "auto",
+            AuthScheme::Basic => "basic",
+            AuthScheme::Digest => "digest",
+            AuthScheme::Ntlm => "ntlm",
+        })
+    }
+}
+
+impl FromStr for AuthScheme {
+    type Err = String;
+
+    /// `auto`, `basic`, `digest` or `ntlm`, case-insensitive.
+    ///
+    /// # Errors
+    ///
+    /// Any other word; the message lists the accepted ones.
+    fn from_str(s: &str) -> Result<AuthScheme, String> {
+        match s.to_ascii_lowercase().as_str() {
+            "auto" => Ok(AuthScheme::Auto),
+            "basic" => Ok(AuthScheme::Basic),
+            "digest" => Ok(AuthScheme::Digest),
+            "ntlm" => Ok(AuthScheme::Ntlm),
+            _ => Err("expected auto, basic, digest or ntlm".to_string()),
+        }
+    }
+}
+
+impl Entry {
+    /// True when both entries would behave the same: every field but `line`
+    /// is equal (credentials included). Reload uses it to tell "changed" from
+    /// "unchanged".
+    pub fn same_settings(&self, other: &Entry) -> bool {
+        // Destructured so that a field added to `Entry` cannot be forgotten here.
+        let Entry {
+            line: _,
+            listen,
+            dest,
+            proxy,
+            options,
+        } = self;
+        *listen == other.listen
+            && *dest == other.dest
+            && *proxy == other.proxy
+            && *options == other.options
+    }
+}
+
+/// Reads and parses the config file at `path`; `auth-file`s are read with
+/// [`std::fs::read_to_string`], relative to the file's folder. Errors name the
+/// file as `path` was given.
+///
+/// # Errors
+///
+/// Every problem found (see [`parse_str`]); a file that cannot be read gives a
+/// single error with line 0 and the OS reason, one that is not UTF-8 an error
+/// on the first line that is not.
+pub fn load(path: &Path) -> Result<Config, Vec<Error>> {
+    let file = path.display().to_string();
+    let whole_file = |message: String| {
+        vec![Error {
+            file: file.clone(),
+            line: 0,
+            message,
+        }]
+    };
+    let bytes = match std::fs::read(path) {
+        Ok(bytes) => bytes,
+        Err(e) => return Err(whole_file(format!("cannot read file: {e}"))),
+    };
+    let text = match String::from_utf8(bytes) {
+        Ok(text) => text,
+        Err(e) => {
+            let valid = &e.as_bytes()[..e.utf8_error().valid_up_to()];
+            let line = 1 + valid.iter().filter(|&&b| b == b'\n').count();
+            return Err(vec![Error {
+                file,
+                line,
+                message: "not valid UTF-8".to_string(),
+            }]);
+        }
+    };
+    let base_dir = path.parent().unwrap_or_else(|| Path::new(""));
+    parse_str(&text, &file, base_dir, &mut |p: &Path| {
+        std::fs::read_to_string(p)
+    })
+}
+
+/// Parses the text of a config file.
+///
+/// `file` is the name errors show; `base_dir` is the folder relative
+/// `auth-file` paths start from; `read_file` reads an `auth-file` (given the
+/// resolved path) and is called once per `auth-file` option, in file order.
+///
+/// # Errors
+///
+/// Every problem of the file, in line order, not only the first: a bad line
+/// gives all its errors and parsing carries on with the next one.
+pub fn parse_str(
+    text: &str,
+    file: &str,
+    base_dir: &Path,
+    read_file: &mut dyn FnMut(&Path) -> io::Result<String>,
+) -> Result<Config, Vec<Error>> {
+    match grammar::parse(text, base_dir, read_file) {
+        Ok(entries) => Ok(Config { entries }),
+        Err(errors) => Err(errors
+            .into_iter()
+            .map(|(line, message)| Error {
+                file: file.to_string(),
+                line,
+                message,
+            })
+            .collect()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::display::quote;
+    use super::test_support::*;
+    use super::*;
+    use proptest::prelude::*;
+
+    #[test]
+    fn error_display_with_and_without_line() {
+        let e = Error {
+            file: "tunnels.conf".into(),
+            line: 12,
+            message: "unknown option \"lisen\"".into(),
+        };
+        assert_eq!(e.to_string(), "tunnels.conf:12: unknown option \"lisen\"");
+        let whole = Error { line: 0, ..e };
+        assert_eq!(whole.to_string(), "tunnels.conf: unknown option \"lisen\"");
+    }
+
+    #[test]
+    fn auth_scheme_option() {
+        for (value, scheme) in [
+            ("auto", AuthScheme::Auto),
+            ("basic", AuthScheme::Basic),
+            ("Digest", AuthScheme::Digest),
+            ("NTLM", AuthScheme::Ntlm),
+        ] {
+            let entry = one(&format!("2222 h 22 p 1 auth-scheme={value}"));
+            assert_eq!(proxy_of(&entry).auth_scheme, scheme);
+            assert_eq!(scheme.to_string(), value.to_ascii_lowercase());
+        }
+        assert_eq!(
+            err1("2222 h 22 p 1 auth-scheme=kerberos"),
+            "x.conf:1: invalid auth-scheme \"kerberos\": expected auto, basic, digest or ntlm"
+        );
+    }
+
+    #[test]
+    fn credentials_debug_hides_the_password() {
+        assert_eq!(format!("{:?}", creds("alice", "s3cret")), "alice:***");
+        assert_eq!(format!("{:?}", Some(creds("bob", "x"))), "Some(bob:***)");
+    }
+
+    #[test]
+    fn same_settings_ignores_the_line_only() {
+        let config = ok("2222 a 1\n\n2223 a 1\n");
+        let (first, second) = (&config.entries[0], &config.entries[1]);
+        let moved = Entry {
+            line: 99,
+            ..first.clone()
+        };
+        assert!(first.same_settings(&moved));
+        assert!(!first.same_settings(second));
+        let mut other = first.clone();
+        other.options.buffer = 4096;
+        assert!(!first.same_settings(&other));
+        let a = one("2222 a 1 p 1 auth=u:one");
+        let b = one("\n2222 a 1 p 1 auth=u:two");
+        assert!(!a.same_settings(&b));
+        let c = one("\n\n2222 a 1 http://u:one@p:1");
+        assert!(a.same_settings(&c));
+    }
+
+    // ----- load ---------------------------------------------------------------
+
+    /// A fresh folder under the system temp dir, removed on drop.
+    struct TempDir(PathBuf);
+
+    impl TempDir {
+        fn new(name: &str) -> TempDir {
+            let dir = std::env::temp_dir().join(format!(
+                "httptunneling-config-{}-{name}",
+                std::process::id()
+            ));
+            let _ = std::fs::remove_dir_all(&dir);
+            std::fs::create_dir_all(&dir).expect("create temp dir");
+            TempDir(dir)
+        }
+    }
+
+    impl Drop for TempDir {
+        fn drop(&mut self) {
+            let _ = std::fs::remove_dir_all(&self.0);
+        }
+    }
+
+    #[test]
+    fn load_reads_the_file_and_auth_files_beside_it() {
+        let dir = TempDir::new("load");
+        std::fs::write(dir.0.join("pw"), "alice:s3cret\r\n").expect("write");
+        let conf = dir.0.join("tunnels.conf");
+        std::fs::write(&conf, "2222 h 22 p 1 auth-file=pw\r\n").expect("write");
+        let config = load(&conf).expect("valid");
+        let proxy = proxy_of(&config.entries[0]);
+        assert_eq!(proxy.credentials, Some(creds("alice", "s3cret")));
+        assert_eq!(proxy.auth_file, Some(dir.0.join("pw")));
+    }
+
+    #[test]
+    fn load_reports_an_unreadable_file_on_line_0() {
+        let dir = TempDir::new("missing");
+        let conf = dir.0.join("nope.conf");
+        let errors = load(&conf).expect_err("missing file");
+        assert_eq!(errors.len(), 1);
+        assert_eq!(errors[0].line, 0);
+        assert_eq!(errors[0].file, conf.display().to_string());
+        let shown = errors[0].to_string();
+        assert!(
+            shown.starts_with(&format!("{}: cannot read file: ", conf.display())),
+            "{shown}"
+        );
+        assert!(shown.contains("os error"), "{shown}");
+    }
+
+    #[test]
+    fn load_reports_invalid_utf8_with_its_line() {
+        let dir = TempDir::new("utf8");
+        let conf = dir.0.join("bad.conf");
+        std::fs::write(&conf, b"2222 h 22\n# caf\xe9\n").expect("write");
+        let errors = load(&conf).expect_err("not UTF-8");
+        assert_eq!(
+            errors[0].to_string(),
+            format!("{}:2: not valid UTF-8", conf.display())
+        );
+    }
+
+    #[test]
+    fn load_reports_a_missing_auth_file_with_its_path() {
+        let dir = TempDir::new("authmissing");
+        let conf = dir.0.join("t.conf");
+        std::fs::write(&conf, "\n2222 h 22 p 1 auth-file=gone\n").expect("write");
+        let errors = load(&conf).expect_err("missing auth file");
+        let shown = errors[0].to_string();
+        let expected = format!(
+            "{}:2: cannot read auth-file {:?}: ",
+            conf.display(),
+            dir.0.join("gone").display().to_string()
+        );
+        assert!(shown.starts_with(&expected), "{shown}");
+    }
+
+    // ----- properties -------------------------------------------------------------
+
+    fn token() -> impl Strategy<Value = String> {
+        prop_oneof![
+            Just("2222".to_string()),
+            Just("0.0.0.0:2223".to_string()),
+            Just("[::]:2224".to_string()),
+            Just("[::1]:2225".to_string()),
+            Just("example.com".to_string()),
+            Just("::1".to_string()),
+            Just("[2001:db8::1]".to_string()),
+            Just("22".to_string()),
+            Just("3128".to_string()),
+            Just("proxy".to_string()),
+            Just("http://u:p%40@proxy:3128/".to_string()),
+            Just("http://[::1]:8080".to_string()),
+            Just("https://x:1".to_string()),
+            Just("defaults".to_string()),
+            Just("#".to_string()),
+            Just("\"".to_string()),
+            Just("\\".to_string()),
+            Just("auth=u:p".to_string()),
+            Just("auth-file=secret".to_string()),
+            Just("auth-file=missing".to_string()),
+            Just("auth-scheme=ntlm".to_string()),
+            Just("header=\"X-A: b c\"".to_string()),
+            Just("connect-timeout=250ms".to_string()),
+            Just("idle-timeout=0".to_string()),
+            Just("keepalive=off".to_string()),
+            Just("max-conns=3".to_string()),
+            Just("buffer=16k".to_string()),
+            "[a-z=:@/%\\[\\]\"#\\\\0-9.-]{0,12}",
+        ]
+    }
+
+    fn line() -> impl Strategy<Value = String> {
+        prop::collection::vec(token(), 0..8).prop_map(|tokens| tokens.join(" "))
+    }
+
+    fn file() -> impl Strategy<Value = String> {
+        prop::collection::vec((line(), prop_oneof![Just("\n"), Just("\r\n")]), 0..6)
+            .prop_map(|lines| lines.into_iter().map(|(l, end)| l + end).collect())
+    }
+
+    /// A line that must parse, and the value of each of its options.
+    fn valid_line() -> impl Strategy<Value = String> {
+        let listen = prop_oneof![
+            Just("2222"),
+            Just("0.0.0.0:2223"),
+            Just("[::]:2224"),
+            Just("[fe80::1]:2225"),
+            Just("127.0.0.5:9"),
+        ];
+        let dest = prop_oneof![
+            Just("example.com"),
+            Just("10.1.2.3"),
+            Just("::1"),
+            Just("[2001:db8::5]"),
+            Just("a_b.c-d.example."),
+        ];
+        let proxy = prop_oneof![
+            Just(None),
+            Just(Some("proxy.corp 3128")),
+            Just(Some("::1 8080")),
+            Just(Some("http://proxy:3128")),
+            Just(Some("http://us%20er:p%40ss@[::1]:8080/")),
+            Just(Some("auth-file")),
+        ];
+        let header = ("[A-Za-z][A-Za-z0-9-]{0,10}", "[ -~]{0,20}")
+            .prop_filter("refused names", |(name, _)| {
+                ![
+                    "host",
+                    "proxy-authorization",
+                    "content-length",
+                    "transfer-encoding",
+                ]
+                .contains(&name.to_ascii_lowercase().as_str())
+            })
+            .prop_map(|(name, value)| format!("header={}", quote(&format!("{name}: {value}"))));
+        let options = (
+            prop::option::of((1u64..100_000).prop_map(|n| format!("connect-timeout={n}ms"))),
+            prop::option::of((0u64..100_000).prop_map(|n| format!("idle-timeout={n}s"))),
+            prop::option::of(prop_oneof![
+                Just("keepalive=off".to_string()),
+                (0u64..=32767).prop_map(|n| format!("keepalive={n}"))
+            ]),
+            prop::option::of(prop_oneof![
+                Just("max-conns=unlimited".to_string()),
+                (1usize..100_000).prop_map(|n| format!("max-conns={n}"))
+            ]),
+            prop::option::of((MIN_BUFFER..=MAX_BUFFER).prop_map(|n| format!("buffer={n}"))),
+        );
+        let proxy_options = (
+            prop::option::of(prop_oneof![
+                Just("auth-scheme=auto"),
+                Just("auth-scheme=BASIC"),
+                Just("auth-scheme=ntlm")
+            ]),
+            prop::collection::vec(header, 0..3),
+        );
+        (listen, dest, 1u16.., proxy, options, proxy_options).prop_map(
+            |(listen, dest, port, proxy, options, (scheme, headers))| {
+                let mut fields = vec![listen.to_string(), dest.to_string(), port.to_string()];
+                let (o1, o2, o3, o4, o5) = options;
+                match proxy {
+                    None => {}
+                    Some("auth-file") => {
+                        fields.push("p 1 auth-file=secret".to_string());
+                    }
+                    Some(p) => fields.push(p.to_string()),
+                }
+                if proxy.is_some() {
+                    fields.extend(scheme.map(str::to_string));
+                    fields.extend(headers);
+                }
+                fields.extend([o1, o2, o3, o4, o5].into_iter().flatten());
+                fields.join(" ")
+            },
+        )
+    }
+
+    proptest! {
+        #[test]
+        fn parse_never_panics_on_arbitrary_text(text in any::<String>()) {
+            let _ = parse(&text);
+        }
+
+        #[test]
+        fn parse_never_panics_on_arbitrary_bytes_as_lossy_text(bytes in prop::collection::vec(any::<u8>(), 0..200)) {
+            let _ = parse(&String::from_utf8_lossy(&bytes));
+        }
+
+        #[test]
+        fn generated_valid_lines_parse_and_round_trip(line in valid_line()) {
+            let config = match parse(&line) {
+                Ok(config) => config,
+                Err(e) => return Err(TestCaseError::fail(format!("{line} -> {e:?}"))),
+            };
+            let entry = &config.entries[0];
+            let printed = entry.to_string();
+            let again = match parse(&printed) {
+                Ok(c) => c.entries[0].clone(),
+                Err(e) => return Err(TestCaseError::fail(format!("{printed} -> {e:?}"))),
+            };
+            let mut expected = entry.clone();
+            if let Some(c) = expected.proxy.as_mut().filter(|p| p.auth_file.is_none()).and_then(|p| p.credentials.as_mut()) {
+                c.password = "***".to_string();
+            }
+            prop_assert!(expected.same_settings(&again), "{} vs {}", printed, again);
+            prop_assert_eq!(again.to_string(), printed);
+        }
+
+        #[test]
+        fn valid_entries_round_trip_through_display(text in file()) {
+            match parse(&text) {
+                Err(errors) => {
+                    prop_assert!(!errors.is_empty());
+                    for e in &errors {
+                        prop_assert!(!e.message.is_empty());
+                        prop_assert!(!e.message.ends_with('.'));
+                        prop_assert!(!e.message.contains('\n'));
+                    }
+                }
+                Ok(config) => {
+                    prop_assert!(!config.entries.is_empty());
+                    for entry in &config.entries {
+                        let again = match parse(&entry.to_string()) {
+                            Ok(c) => c.entries[0].clone(),
+                            Err(e) => return Err(TestCaseError::fail(format!("{entry} -> {e:?}"))),
+                        };
+                        let mut expected = entry.clone();
+                        if let Some(proxy) = expected.proxy.as_mut() {
+                            if proxy.auth_file.is_none() {
+                                if let Some(c) = proxy.credentials.as_mut() {
+                                    c.password = "***".to_string();
+                                }
+                            }
+                        }
+                        prop_assert!(expected.same_settings(&again), "{} vs {}", entry, again);
+                    }
+                }
+            }
+        }
+    }
+}
