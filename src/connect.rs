@@ -21,10 +21,9 @@
 //! spaces before a header's colon, folded header lines, and header lines that
 //! are not valid headers (skipped).
 //!
-//! Only Basic authentication is built here; [`Head`] already reports the
+//! Authentication lives in [`crate::auth`]; [`Head`] reports the
 //! schemes a 407 offers and how its body is framed, for Digest and NTLM later.
 
-use base64::Engine as _;
 use std::fmt;
 
 use crate::config::is_token_char as is_tchar;
@@ -54,7 +53,7 @@ const HEADERS_FIRST: usize = 64;
 /// ```
 ///
 /// `dest_authority` comes from [`authority`]; `proxy_authorization` is a
-/// header value such as [`basic_authorization`] returns; `headers` are
+/// header value such as [`crate::auth::basic`] returns; `headers` are
 /// `Name: value` lines from the config. All were validated at load: none holds
 /// CR or LF, so none can end the head early.
 pub fn build_request(
@@ -90,14 +89,6 @@ pub fn build_request(
     }
     request.extend_from_slice(b"\r\n");
     request
-}
-
-/// `Basic <base64(user:password)>` (RFC 7617, UTF-8), the value of a
-/// `Proxy-Authorization` header. The result holds the password: never log it.
-pub fn basic_authorization(user: &str, password: &str) -> String {
-    let encoded =
-        base64::engine::general_purpose::STANDARD.encode(format!("{user}:{password}").as_bytes());
-    format!("Basic {encoded}")
 }
 
 /// Whether a `CONNECT` answer with this status opens the tunnel: 2xx only.
@@ -774,7 +765,7 @@ mod tests {
 
     #[test]
     fn request_with_auth_and_headers() {
-        let auth = basic_authorization("Aladdin", "open sesame");
+        let auth = crate::auth::basic("Aladdin", "open sesame");
         assert_eq!(auth, "Basic QWxhZGRpbjpvcGVuIHNlc2FtZQ==");
         let headers = vec![
             "User-Agent: Mozilla/5.0 (X11)".to_owned(),
@@ -806,17 +797,6 @@ mod tests {
             build_request("[2001:db8::1]:443", None, &[]),
             b"CONNECT [2001:db8::1]:443 HTTP/1.1\r\nHost: [2001:db8::1]:443\r\n\r\n"
         );
-    }
-
-    #[test]
-    fn basic_authorization_is_utf8_user_colon_password() {
-        let auth = basic_authorization("CORP\\jdoe", "pä:ss");
-        let encoded = auth.strip_prefix("Basic ").unwrap();
-        let decoded = base64::engine::general_purpose::STANDARD
-            .decode(encoded)
-            .unwrap();
-        assert_eq!(decoded, "CORP\\jdoe:pä:ss".as_bytes());
-        assert_eq!(basic_authorization("", ""), "Basic Og==");
     }
 
     // ---- properties ----

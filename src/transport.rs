@@ -18,6 +18,18 @@ use std::net::Shutdown;
 
 use mio::net::TcpStream;
 
+/// What a transport needs from its socket before it can make progress of
+/// its own, apart from the caller's reads and writes: a TLS session in its
+/// handshake wants to read or write records; one with encrypted bytes not
+/// yet on the wire wants the socket writable. Plain TCP never wants either.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Wants {
+    /// Progress needs the socket readable.
+    pub read: bool,
+    /// Progress needs the socket writable.
+    pub write: bool,
+}
+
 /// A connection a tunnel reads from and writes to.
 #[derive(Debug)]
 pub enum Transport {
@@ -38,6 +50,13 @@ impl Transport {
     pub fn tcp_mut(&mut self) -> &mut TcpStream {
         match self {
             Transport::Tcp(s) => s,
+        }
+    }
+
+    /// What the transport itself wants next; see [`Wants`].
+    pub fn wants(&self) -> Wants {
+        match self {
+            Transport::Tcp(_) => Wants::default(),
         }
     }
 

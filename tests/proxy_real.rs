@@ -234,26 +234,6 @@ fn real_proxies_tunnel_connect_without_the_forwarder() {
     assert!(status.contains(" 200"), "squid, right password: {status:?}");
 }
 
-#[test]
-fn base64_matches_rfc4648_vectors() {
-    for (input, expected) in [
-        ("", ""),
-        ("f", "Zg=="),
-        ("fo", "Zm8="),
-        ("foo", "Zm9v"),
-        ("foob", "Zm9vYg=="),
-        ("fooba", "Zm9vYmE="),
-        ("foobar", "Zm9vYmFy"),
-        ("Aladdin:open sesame", "QWxhZGRpbjpvcGVuIHNlc2FtZQ=="),
-    ] {
-        assert_eq!(
-            proxies::base64(input.as_bytes()),
-            expected,
-            "base64({input:?})"
-        );
-    }
-}
-
 // ---------------------------------------------------------------------------
 // Bulk, both ways at once
 // ---------------------------------------------------------------------------

@@ -185,6 +185,16 @@ mod tests {
     }
 
     #[test]
+    fn basic_authorization_is_utf8_user_colon_password() {
+        let auth = basic("CORP\\jdoe", "pä:ss");
+        let encoded = auth.strip_prefix("Basic ").unwrap();
+        let decoded = base64::engine::general_purpose::STANDARD
+            .decode(encoded)
+            .unwrap();
+        assert_eq!(decoded, "CORP\\jdoe:pä:ss".as_bytes());
+        assert_eq!(basic("", ""), "Basic Og==");
+    }
+    #[test]
     fn auto_and_basic_send_basic_first() {
         for scheme in [AuthScheme::Auto, AuthScheme::Basic] {
             let mut s = Session::new();

@@ -55,30 +55,32 @@ impl Tunnel {
         let mut budget = BUDGET_BYTES;
         let mut moved_any = false;
         let result = loop {
-            let a = pump(
+            let a = match pump(
                 &mut self.client,
                 upstream,
                 &mut self.client_to_upstream,
                 &mut budget,
                 Side::Client,
                 self.upstream_to_client.dst_shut,
-            );
-            if let Err(f) = a {
-                break Err(f);
-            }
-            let b = pump(
+            ) {
+                Ok(moved) => moved,
+                Err(f) => break Err(f),
+            };
+            let b = match pump(
                 upstream,
                 &mut self.client,
                 &mut self.upstream_to_client,
                 &mut budget,
                 Side::Upstream,
                 self.client_to_upstream.dst_shut,
-            );
-            match (a, b) {
-                (Err(f), _) | (_, Err(f)) => break Err(f),
-                (Ok(false), Ok(false)) => break Ok(()),
-                _ => moved_any = true,
+            ) {
+                Ok(moved) => moved,
+                Err(f) => break Err(f),
+            };
+            if !(a || b) {
+                break Ok(());
             }
+            moved_any = true;
             if budget == 0 {
                 break Ok(());
             }

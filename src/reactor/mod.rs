@@ -18,24 +18,25 @@ use std::fmt;
 use std::io;
 use std::net::SocketAddr;
 use std::path::PathBuf;
-use std::rc::Rc;
 use std::sync::mpsc::{self, Receiver, Sender};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use log::{debug, error, info, warn};
+use log::{info, warn};
 use mio::event::Event;
-use mio::net::TcpListener;
 use mio::{Events, Interest, Poll, Token, Waker};
 use slab::Slab;
 
-use crate::auth;
-use crate::config::{self, Config, Entry};
+mod accept;
+mod apply;
+
+use crate::config::{self, Config};
 use crate::logsink;
 use crate::net;
 use crate::reload::{self, Reloader};
-use crate::resolve::{Job, Resolve, Resolver, SystemResolver};
-use crate::tunnel::{self, Ctx, Progress, Route, Tunnel};
+use crate::resolve::{Resolve, Resolver, SystemResolver};
+use crate::tunnel::{self, Ctx, Progress, Tunnel};
+use accept::Listener;
 
 const WAKER: Token = Token(usize::MAX);
 const SIGNALS: Token = Token(usize::MAX - 1);
@@ -127,44 +128,6 @@ impl Handle {
     pub fn shutdown(&self) {
         self.send(Msg::Shutdown("shutdown requested"));
     }
-
-    /// Applies `config` as a reload, exactly as if the file had changed.
-    pub fn reload(&self, config: Config) {
-        self.send(Msg::Reload(Ok(config)));
-    }
-}
-
-struct Listener {
-    id: u64,
-    socket: TcpListener,
-    route: Rc<Route>,
-    /// Open tunnels accepted here (for max-conns).
-    open: usize,
-    /// The kernel said a connection may be waiting; cleared by WouldBlock.
-    ready: bool,
-    /// Paused after EMFILE and similar until this instant.
-    paused_until: Option<Instant>,
-    /// The listener is paused for want of descriptors (warned once when it
-    /// starts, said again at info when accepting works again).
-    short_of_fds: bool,
-    queued: bool,
-}
-
-impl Listener {
-    /// Puts the listener on the accept queue unless it is there already.
-    fn queue(&mut self, key: usize, accept_queue: &mut Vec<usize>) {
-        if !self.queued {
-            self.queued = true;
-            accept_queue.push(key);
-        }
-    }
-
-    /// Stops accepting for [`ACCEPT_BACKOFF`]; the timer brings it back.
-    fn pause(&mut self, key: usize, now: Instant, timers: &mut Timers) {
-        let until = now + ACCEPT_BACKOFF;
-        self.paused_until = Some(until);
-        timers.push(Reverse((until, key, self.id)));
-    }
 }
 
 /// Deadlines as (instant, slab key, owner id); stale ones are skipped.
@@ -213,15 +176,14 @@ impl Engine {
         let poll = Poll::new().map_err(|e| setup("poll", e))?;
         let waker = Arc::new(Waker::new(poll.registry(), WAKER).map_err(|e| setup("waker", e))?);
         let (tx, rx) = mpsc::channel();
-        let deliver_tx = std::sync::Mutex::new(tx.clone());
+        let deliver_tx = tx.clone();
         let deliver_waker = Arc::clone(&waker);
         let resolver = Resolver::new(
             opts.resolver,
             Arc::new(move |(key, id): (usize, u64), answer| {
-                if let Ok(tx) = deliver_tx.lock() {
-                    if tx.send(Msg::Resolved(key, id, answer)).is_ok() {
-                        let _ = deliver_waker.wake();
-                    }
+                // Sender is Sync: the resolver threads share it as it is.
+                if deliver_tx.send(Msg::Resolved(key, id, answer)).is_ok() {
+                    let _ = deliver_waker.wake();
                 }
             }),
         );
@@ -306,52 +268,6 @@ impl Engine {
         let id = self.next_id;
         self.next_id += 1;
         id
-    }
-
-    fn add_listener(&mut self, entry: Entry) -> io::Result<()> {
-        let listen = entry.listen;
-        let mut socket = net::bind_listener(listen)?;
-        net::tune_listener(&socket, entry.options.keepalive)?;
-        // Port 0 (in-process tests and benches only: the config parser
-        // refuses it) is keyed by the port the kernel chose.
-        let key_addr = match socket.local_addr() {
-            Ok(bound) if listen.port() == 0 => bound,
-            _ => listen,
-        };
-        let route = Rc::new(Route::new(entry));
-        let id = self.next_id();
-        let slot = self.slab.vacant_entry();
-        let key = slot.key();
-        self.poll.registry().register(
-            &mut socket,
-            tunnel::token(key, tunnel::CLIENT),
-            Interest::READABLE,
-        )?;
-        info!(
-            "listening on {} (line {}) -> {}",
-            socket.local_addr().unwrap_or(listen),
-            route.entry.line,
-            route.describe()
-        );
-        for hop in &route.hops {
-            if let Some(warning) = auth::load_warning(&hop.proxy) {
-                warn!("{listen} (line {}): {warning}", route.entry.line);
-            }
-        }
-        slot.insert(Slot::Listener(Listener {
-            id,
-            socket,
-            route,
-            open: 0,
-            // Connections may already be queued: try accepting once.
-            ready: true,
-            paused_until: None,
-            short_of_fds: false,
-            queued: true,
-        }));
-        self.accept_queue.push(key);
-        self.by_listen.insert(key_addr, key);
-        Ok(())
     }
 
     /// Runs until a shutdown (Handle or signal).
@@ -466,168 +382,6 @@ impl Engine {
         }
     }
 
-    fn accept_queued(&mut self, now: Instant) {
-        let queue = std::mem::take(&mut self.accept_queue);
-        for key in queue {
-            if let Some(Slot::Listener(l)) = self.slab.get_mut(key) {
-                l.queued = false;
-                self.accept_on(key, now);
-            }
-        }
-    }
-
-    /// Accepts from one listener until WouldBlock, max-conns, a descriptor
-    /// shortage or the batch limit.
-    ///
-    /// Each accept is preceded by making the tunnel's upstream socket, so a
-    /// client is accepted only when its upstream descriptor is already held:
-    /// out of descriptors, clients wait in the listen backlog instead of
-    /// being accepted and then reset (SPEC "Limits and faults"), whatever
-    /// else happens in the same tick.
-    fn accept_on(&mut self, key: usize, now: Instant) {
-        for _ in 0..ACCEPT_BATCH {
-            let Some(Slot::Listener(l)) = self.slab.get_mut(key) else {
-                return;
-            };
-            if !l.ready || l.paused_until.is_some() {
-                return;
-            }
-            if let Some(max) = l.route.entry.options.max_conns {
-                if l.open >= max {
-                    debug!(
-                        "listener {}: max-conns {max} reached, pausing accept",
-                        l.route.entry.listen
-                    );
-                    return; // resumed when one of its tunnels closes
-                }
-            }
-            let v6 = l.route.first_hop_ip().is_some_and(|a| a.is_ipv6());
-            let reserve = match self.spare.take() {
-                Some(r) if r.is_v6() == v6 => Ok(r),
-                other => {
-                    drop(other);
-                    net::Reserved::new(v6)
-                }
-            };
-            let reserve = match reserve {
-                Ok(r) => r,
-                Err(e) => {
-                    Self::short_of_descriptors(l, key, now, &mut self.timers, "socket", &e);
-                    return;
-                }
-            };
-            match l.socket.accept() {
-                Ok((stream, client_addr)) => {
-                    if std::mem::take(&mut l.short_of_fds) {
-                        info!("accepting on {} again", l.route.entry.listen);
-                    }
-                    self.open_tunnel(key, stream, client_addr, reserve, now)
-                }
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
-                    l.ready = false;
-                    self.spare = Some(reserve);
-                    return;
-                }
-                Err(e) if net::is_transient_accept_error(&e) => self.spare = Some(reserve),
-                Err(e) => {
-                    // EMFILE, ENFILE, ENOBUFS, ENOMEM: the connection stays
-                    // queued; edge triggers will not report it again, so we
-                    // come back ourselves after a pause (or a tunnel closing).
-                    drop(reserve);
-                    Self::short_of_descriptors(l, key, now, &mut self.timers, "accept", &e);
-                    return;
-                }
-            }
-        }
-        // Batch spent with connections possibly left: continue next tick.
-        if let Some(Slot::Listener(l)) = self.slab.get_mut(key) {
-            l.queue(key, &mut self.accept_queue);
-        }
-    }
-
-    /// Pauses listener `l` for [`ACCEPT_BACKOFF`] after `what` failed with
-    /// `e`: one warn line when the shortage starts, debug lines while it
-    /// lasts (a retry every 100 ms must not flood the log).
-    fn short_of_descriptors(
-        l: &mut Listener,
-        key: usize,
-        now: Instant,
-        timers: &mut Timers,
-        what: &str,
-        e: &io::Error,
-    ) {
-        let pause = ACCEPT_BACKOFF.as_millis();
-        if l.short_of_fds {
-            debug!("{what} for {}: {e}; still pausing", l.route.entry.listen);
-        } else {
-            warn!(
-                "{what} for {}: {e}; clients wait in the backlog, retrying every {pause}ms or when a tunnel closes",
-                l.route.entry.listen
-            );
-            l.short_of_fds = true;
-        }
-        l.pause(key, now, timers);
-    }
-
-    fn open_tunnel(
-        &mut self,
-        listener_key: usize,
-        mut stream: mio::net::TcpStream,
-        client_addr: SocketAddr,
-        reserve: net::Reserved,
-        now: Instant,
-    ) {
-        let id = self.next_id();
-        let Some(Slot::Listener(l)) = self.slab.get_mut(listener_key) else {
-            return;
-        };
-        let route = Rc::clone(&l.route);
-        let listener = (listener_key, l.id);
-        let slot = self.slab.vacant_entry();
-        let key = slot.key();
-        if let Err(e) = self.poll.registry().register(
-            &mut stream,
-            tunnel::token(key, tunnel::CLIENT),
-            Interest::READABLE | Interest::WRITABLE,
-        ) {
-            warn!("accept on {}: register: {e}", route.entry.listen);
-            return;
-        }
-        // TCP_NODELAY and keepalive came from the listener (net::tune_listener).
-        let mut t = Box::new(Tunnel::new(
-            id,
-            listener,
-            route,
-            stream,
-            client_addr,
-            Some(reserve),
-            now,
-        ));
-        debug!("{}: accepted", t.prefix());
-        let progress = if t.needs_resolution() {
-            let hop = t.route.first_hop();
-            self.resolver.submit(Job {
-                tag: (key, id),
-                host: hop.host.clone(),
-                port: hop.port,
-            });
-            Progress::Idle
-        } else {
-            let mut ctx = Ctx {
-                registry: self.poll.registry(),
-                key,
-                now,
-            };
-            t.start(&mut ctx)
-        };
-        slot.insert(Slot::Tunnel(t));
-        if let Some(Slot::Listener(l)) = self.slab.get_mut(listener_key) {
-            l.open += 1;
-        }
-        self.tunnels_total += 1;
-        self.after_drive(key, progress);
-    }
-
     fn handle_messages(&mut self, now: Instant) {
         while let Ok(msg) = self.rx.try_recv() {
             match msg {
@@ -734,117 +488,6 @@ impl Engine {
                     }
                 }
             }
-        }
-    }
-
-    fn apply_reload(&mut self, config: Config) {
-        let mut wanted: HashMap<SocketAddr, Entry> =
-            config.entries.into_iter().map(|e| (e.listen, e)).collect();
-        let (mut added, mut removed, mut changed, mut unchanged) = (0, 0, 0, 0);
-        let current: Vec<(SocketAddr, usize)> =
-            self.by_listen.iter().map(|(a, k)| (*a, *k)).collect();
-        for (listen, key) in current {
-            match wanted.remove(&listen) {
-                None => {
-                    if let Some(Slot::Listener(mut l)) = self.slab.try_remove(key) {
-                        let _ = self.poll.registry().deregister(&mut l.socket);
-                        info!(
-                            "stopped listening on {listen} ({} open tunnels run on)",
-                            l.open
-                        );
-                    }
-                    self.by_listen.remove(&listen);
-                    removed += 1;
-                }
-                Some(entry) => {
-                    let Some(Slot::Listener(l)) = self.slab.get_mut(key) else {
-                        continue;
-                    };
-                    if l.route.entry.same_settings(&entry) {
-                        if l.route.entry.line != entry.line {
-                            l.route = Rc::new(Route::new(entry));
-                        }
-                        unchanged += 1;
-                    } else {
-                        info!(
-                            "changed {listen} -> {}",
-                            Route::new(entry.clone()).describe()
-                        );
-                        if let Err(e) = net::tune_listener(&l.socket, entry.options.keepalive) {
-                            warn!("{listen}: socket options for new tunnels: {e}");
-                        }
-                        l.route = Rc::new(Route::new(entry));
-                        changed += 1;
-                        // max-conns may have grown: accept what waits.
-                        if l.ready {
-                            l.queue(key, &mut self.accept_queue);
-                        }
-                    }
-                }
-            }
-        }
-        let mut new_entries: Vec<Entry> = wanted.into_values().collect();
-        new_entries.sort_by_key(|e| e.line);
-        for entry in new_entries {
-            let (listen, line) = (entry.listen, entry.line);
-            match self.add_listener(entry) {
-                Ok(()) => added += 1,
-                Err(e) => error!(
-                    "cannot listen on {listen} (line {line}), the rest of the reload applies: {e}"
-                ),
-            }
-        }
-        info!("reload: {added} added, {removed} removed, {changed} changed, {unchanged} unchanged");
-    }
-
-    fn snapshot(&self) {
-        let open: Vec<&Tunnel> = self
-            .slab
-            .iter()
-            .filter_map(|(_, s)| match s {
-                Slot::Tunnel(t) => Some(&**t),
-                _ => None,
-            })
-            .collect();
-        let (mut up, mut down) = self.bytes_total;
-        for t in &open {
-            let (u, d) = t.bytes();
-            up += u;
-            down += d;
-        }
-        info!(
-            "snapshot: {} entries, {} open tunnels, {} tunnels since start, up={up} down={down}, uptime {}",
-            self.by_listen.len(),
-            open.len(),
-            self.tunnels_total,
-            net::fmt_duration(self.started.elapsed())
-        );
-        let mut listeners: Vec<&Listener> = self
-            .slab
-            .iter()
-            .filter_map(|(_, s)| match s {
-                Slot::Listener(l) => Some(l),
-                _ => None,
-            })
-            .collect();
-        listeners.sort_by_key(|l| l.route.entry.line);
-        for l in listeners {
-            info!(
-                "snapshot: entry {} -> {}: {} open",
-                l.route.entry.listen,
-                l.route.describe(),
-                l.open
-            );
-        }
-        let now = Instant::now();
-        for t in open {
-            let (u, d) = t.bytes();
-            info!(
-                "snapshot: {}: age={} up={u} down={d} state={}",
-                t.prefix(),
-                net::fmt_duration(now.saturating_duration_since(t.accepted())),
-                t.state()
-            );
         }
     }
 

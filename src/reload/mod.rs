@@ -10,6 +10,9 @@
 //! The folder holding the file is watched, not the file: editors that save
 //! by writing a new file and renaming it over the old one, or by deleting
 //! and re-creating it, replace the inode a file watch would follow.
+//!
+//! What a new configuration changes is decided by [`diff`], a pure function
+//! of the running and the new entries; the reactor applies its result.
 
 use std::ffi::OsString;
 use std::io;
@@ -21,6 +24,9 @@ use std::time::Duration;
 use notify::{EventKind, RecursiveMode, Watcher};
 
 use crate::config::{self, Config};
+
+mod diff;
+pub use diff::{diff, Diff};
 
 /// How long a burst of changes must be quiet before the file is read.
 const SETTLE: Duration = Duration::from_millis(100);
