@@ -7,6 +7,7 @@
 //! config}`; `reload` and `resolve` reach the reactor only through its
 //! channel and waker.
 
+pub mod auth;
 pub mod cli;
 pub mod config;
 pub mod connect;

@@ -1,0 +1,3 @@
+pub mod challenge;
+pub mod digest;
+pub mod ntlm;
