@@ -18,6 +18,10 @@
 //! them sends no credentials at all (Basic would put the password in clear
 //! on the wire to a proxy the user said wants another scheme).
 
+pub mod challenge;
+pub mod digest;
+pub mod ntlm;
+
 use base64::Engine as _;
 
 use crate::config::{AuthScheme, Proxy};
