@@ -88,17 +88,29 @@ fn is_executable(path: &Path) -> bool {
         .unwrap_or(false)
 }
 
-/// Where distributions put squid's NCSA (htpasswd file) Basic helper.
-fn find_ncsa_helper() -> Option<PathBuf> {
+/// Where distributions put squid's helper `name` (`basic_ncsa_auth`,
+/// `digest_file_auth`, `ntlm_fake_auth`).
+fn find_helper(name: &str) -> Option<PathBuf> {
     [
-        "/usr/lib/squid/basic_ncsa_auth",
-        "/usr/lib64/squid/basic_ncsa_auth",
-        "/usr/libexec/squid/basic_ncsa_auth",
-        "/usr/lib/squid3/basic_ncsa_auth",
+        "/usr/lib/squid",
+        "/usr/lib64/squid",
+        "/usr/libexec/squid",
+        "/usr/lib/squid3",
     ]
     .iter()
-    .map(PathBuf::from)
+    .map(|d| Path::new(d).join(name))
     .find(|p| is_executable(p))
+}
+
+/// Authentication schemes a test squid can demand.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum SquidScheme {
+    /// `basic_ncsa_auth` with an htpasswd file.
+    Basic,
+    /// `digest_file_auth` with a plain password file.
+    Digest,
+    /// `ntlm_fake_auth`: any user, any password.
+    NtlmFake,
 }
 
 /// Whether a missing program may skip the test instead of failing it.
@@ -291,7 +303,7 @@ impl RealProxy {
 
     /// squid allowing CONNECT to any port from 127.0.0.1, caching nothing.
     pub fn squid() -> Option<RealProxy> {
-        RealProxy::squid_with(None)
+        RealProxy::squid_with(&[], None)
     }
 
     /// Like [`RealProxy::squid`], but every request must carry HTTP Basic
@@ -299,31 +311,98 @@ impl RealProxy {
     /// against an htpasswd file); others get `407` with
     /// `Proxy-Authenticate: Basic`.
     pub fn squid_basic_auth(user: &str, password: &str) -> Option<RealProxy> {
-        RealProxy::squid_with(Some((user, password)))
+        RealProxy::squid_with(&[SquidScheme::Basic], Some((user, password)))
     }
 
-    fn squid_with(auth: Option<(&str, &str)>) -> Option<RealProxy> {
+    /// Like [`RealProxy::squid`], but every request must carry HTTP Digest
+    /// credentials (RFC 2617/7616, MD5, `qop="auth"`) for `user`/`password`,
+    /// checked by squid's `digest_file_auth` helper against a plain
+    /// `user:password` file; others get `407` with `Proxy-Authenticate:
+    /// Digest realm="httptunneling-test", nonce=..., qop="auth"`.
+    /// squid's defaults hold: a nonce serves at most 50 requests
+    /// (`nonce_max_count`), then squid answers `stale=true`.
+    pub fn squid_digest_auth(user: &str, password: &str) -> Option<RealProxy> {
+        RealProxy::squid_with(&[SquidScheme::Digest], Some((user, password)))
+    }
+
+    /// Like [`RealProxy::squid`], but every request must authenticate with
+    /// NTLM, checked by squid's `ntlm_fake_auth` helper, which accepts any
+    /// well-formed exchange whatever the user and password (so only the
+    /// message flow is tested against squid, not the NTLMv2 arithmetic).
+    /// NTLM authenticates a connection, so it needs the persistent client
+    /// connections squid keeps by default.
+    pub fn squid_ntlm_fake_auth() -> Option<RealProxy> {
+        RealProxy::squid_with(&[SquidScheme::NtlmFake], None)
+    }
+
+    /// squid offering every scheme in `schemes` (one `Proxy-Authenticate`
+    /// header each, in this order); Basic and Digest check `user`/`password`,
+    /// NTLM is `ntlm_fake_auth`.
+    pub fn squid_auth(schemes: &[SquidScheme], user: &str, password: &str) -> Option<RealProxy> {
+        RealProxy::squid_with(schemes, Some((user, password)))
+    }
+
+    fn squid_with(schemes: &[SquidScheme], cred: Option<(&str, &str)>) -> Option<RealProxy> {
         let program = require("squid", find_program("squid"))?;
         let (dir, service) = proxy_dir("squid");
-        let (auth_lines, access) = match auth {
-            None => (String::new(), "http_access allow test_clients\n".to_owned()),
-            Some((user, password)) => {
-                let helper = require("squid's basic_ncsa_auth helper", find_ncsa_helper())?;
-                let passwd = dir.join("passwd");
-                write_htpasswd(&passwd, user, password)?;
-                (
-                    // auth_param must come before the proxy_auth acl.
-                    format!(
+        let mut auth_lines = String::new();
+        for scheme in schemes {
+            match scheme {
+                SquidScheme::Basic => {
+                    let (user, password) = cred.expect("Basic needs credentials");
+                    let helper = require(
+                        "squid's basic_ncsa_auth helper",
+                        find_helper("basic_ncsa_auth"),
+                    )?;
+                    let passwd = dir.join("passwd");
+                    write_htpasswd(&passwd, user, password)?;
+                    auth_lines.push_str(&format!(
                         "auth_param basic program {} {}\n\
-                         auth_param basic children 2 startup=1 idle=1\n\
-                         auth_param basic realm httptunneling-test\n\
-                         acl authenticated proxy_auth REQUIRED\n",
+                         auth_param basic children 4 startup=1 idle=1\n\
+                         auth_param basic realm httptunneling-test\n",
                         helper.display(),
                         passwd.display()
-                    ),
-                    "http_access allow test_clients authenticated\n".to_owned(),
-                )
+                    ));
+                }
+                SquidScheme::Digest => {
+                    let (user, password) = cred.expect("Digest needs credentials");
+                    let helper = require(
+                        "squid's digest_file_auth helper",
+                        find_helper("digest_file_auth"),
+                    )?;
+                    let file = dir.join("digest-passwd");
+                    // Plain `user:password` lines (no -c: not HA1 hashes).
+                    write_readable(&file, &format!("{user}:{password}\n"));
+                    auth_lines.push_str(&format!(
+                        "auth_param digest program {} {}\n\
+                         auth_param digest children 4 startup=1 idle=1\n\
+                         auth_param digest realm httptunneling-test\n",
+                        helper.display(),
+                        file.display()
+                    ));
+                }
+                SquidScheme::NtlmFake => {
+                    let helper = require(
+                        "squid's ntlm_fake_auth helper",
+                        find_helper("ntlm_fake_auth"),
+                    )?;
+                    // Stateful helpers: one per connection mid-handshake, so
+                    // enough of them for the concurrent tests.
+                    auth_lines.push_str(&format!(
+                        "auth_param ntlm program {}\n\
+                         auth_param ntlm children 24 startup=2 idle=1\n\
+                         auth_param ntlm keep_alive on\n",
+                        helper.display()
+                    ));
+                }
             }
+        }
+        let access = if schemes.is_empty() {
+            "http_access allow test_clients\n".to_owned()
+        } else {
+            // auth_param must come before the proxy_auth acl.
+            auth_lines.push_str("acl authenticated proxy_auth REQUIRED\n");
+            "http_access allow test_clients authenticated\n".to_owned()
         };
         let config = |port: u16| {
             format!(
