@@ -395,3 +395,551 @@ fn squid_ntlm_fake_auth_challenge_parses() {
         a.challenges
     );
 }
+
+// ---------------------------------------------------------------------------
+// Basic
+// ---------------------------------------------------------------------------
+
+/// `auth-scheme=basic`, right password: 1 MiB echoed byte-exact, the open
+/// line says `auth Basic`, squid saw no 407 (Basic goes pre-emptively) and
+/// the log never shows the password.
+#[test]
+fn squid_basic_right_password_1_mib_byte_exact() {
+    let Some(squid) = RealProxy::squid_basic_auth(USER, PASSWORD) else {
+        return;
+    };
+    let backend = echo_backend();
+    let (run, port) = forwarder(
+        backend.addr,
+        squid.port(),
+        &format!("auth={USER}:{PASSWORD} auth-scheme=basic"),
+        &["-v"],
+    );
+    let open = tunnel_through(&run, port, 1, MIB, 1);
+    assert_open_with(&open, "Basic");
+    wait_access(&squid, "TCP_TUNNEL/200", 1);
+    assert_eq!(
+        access_count(&squid, "TCP_DENIED/407"),
+        0,
+        "Basic is sent pre-emptively:\n{}",
+        squid.access_log()
+    );
+    assert_no_secret(&run, USER, PASSWORD);
+}
+
+/// A wrong Basic password (`auto`): the client is closed without a byte,
+/// nothing reaches the destination, exactly one warn line says the proxy
+/// refused the credentials and names Basic, squid was asked at most twice
+/// (no loop), and the password is never logged.
+#[test]
+fn squid_basic_wrong_password_one_refusal_line() {
+    let Some(squid) = RealProxy::squid_basic_auth(USER, PASSWORD) else {
+        return;
+    };
+    let backend = echo_backend();
+    let (mut run, port) = forwarder(
+        backend.addr,
+        squid.port(),
+        &format!("auth={USER}:{WRONG}"),
+        &[],
+    );
+    expect_refused(port, Duration::from_secs(20), "client of a refused tunnel");
+    assert_one_refusal(&run, "Basic");
+    wait_access(&squid, "TCP_DENIED/407", 1);
+    // Give a loop, if there were one, the time to show itself.
+    thread::sleep(Duration::from_millis(500));
+    let denied = access_count(&squid, "TCP_DENIED/407");
+    assert!(
+        denied <= 2,
+        "at most two requests for one refused tunnel, squid saw {denied}:\n{}",
+        squid.access_log()
+    );
+    assert_eq!(backend.accepted(), 0, "nothing reached the destination");
+    assert_no_secret(&run, USER, WRONG);
+    run.assert_alive();
+}
+
+/// Exactly one line of the log mentions 407; it is a refusal of the
+/// credentials naming `scheme`. Returns it.
+fn assert_one_refusal(run: &Running, scheme: &str) -> String {
+    let line = run.wait_log("407", IO_TIMEOUT);
+    // Let a second line, if any is coming, arrive.
+    thread::sleep(Duration::from_millis(300));
+    let lines = run.log_lines("407");
+    assert_eq!(
+        lines.len(),
+        1,
+        "one line mentioning 407 for one refused tunnel:\n{}",
+        run.log()
+    );
+    assert!(
+        line.contains("failed: proxy answered \"HTTP/1.1 407")
+            && line.contains("the proxy refused the credentials")
+            && line.contains(&format!("(scheme {scheme}")),
+        "the 407 line says the credentials were refused and names {scheme}: {line}"
+    );
+    assert!(line.contains(" WARN "), "a refusal is a warning: {line}");
+    line
+}
+
+// ---------------------------------------------------------------------------
+// Digest
+// ---------------------------------------------------------------------------
+
+/// `auth-scheme=digest`, right password: the first request goes without
+/// credentials (one 407), the Digest answer opens the tunnel, 1 MiB echoes
+/// byte-exact, the open line says `auth Digest`. A second tunnel reuses the
+/// nonce: squid sees no further 407.
+#[test]
+fn squid_digest_right_password_1_mib_byte_exact() {
+    let Some(squid) = RealProxy::squid_digest_auth(USER, PASSWORD) else {
+        return;
+    };
+    let backend = echo_backend();
+    let (run, port) = forwarder(
+        backend.addr,
+        squid.port(),
+        &format!("auth={USER}:{PASSWORD} auth-scheme=digest"),
+        &["-v"],
+    );
+    let open = tunnel_through(&run, port, 2, MIB, 1);
+    assert_open_with(&open, "Digest");
+    wait_access(&squid, "TCP_TUNNEL/200", 1);
+    assert_eq!(
+        access_count(&squid, "TCP_DENIED/407"),
+        1,
+        "one 407 (to the request without credentials):\n{}",
+        squid.access_log()
+    );
+    let open = tunnel_through(&run, port, 3, 64 * 1024, 2);
+    assert_open_with(&open, "Digest");
+    wait_access(&squid, "TCP_TUNNEL/200", 2);
+    assert_eq!(
+        access_count(&squid, "TCP_DENIED/407"),
+        1,
+        "the second tunnel reused the nonce and was not challenged:\n{}",
+        squid.access_log()
+    );
+    assert_no_secret(&run, USER, PASSWORD);
+}
+
+/// A wrong Digest password, with `auth-scheme=digest` and with `auto`: the
+/// client is closed, one refusal line names Digest, squid saw at most three
+/// requests, nothing reached the destination, no secret in the log.
+#[test]
+fn squid_digest_wrong_password_one_refusal_line() {
+    for scheme in ["digest", "auto"] {
+        let Some(squid) = RealProxy::squid_digest_auth(USER, PASSWORD) else {
+            return;
+        };
+        let backend = echo_backend();
+        let (mut run, port) = forwarder(
+            backend.addr,
+            squid.port(),
+            &format!("auth={USER}:{WRONG} auth-scheme={scheme}"),
+            &[],
+        );
+        expect_refused(
+            port,
+            Duration::from_secs(20),
+            &format!("auth-scheme={scheme}: client of a refused tunnel"),
+        );
+        assert_one_refusal(&run, "Digest");
+        wait_access(&squid, "TCP_DENIED/407", 2);
+        thread::sleep(Duration::from_millis(500));
+        let denied = access_count(&squid, "TCP_DENIED/407");
+        assert!(
+            denied <= 3,
+            "auth-scheme={scheme}: at most three requests for one refused tunnel, squid saw \
+             {denied}:\n{}",
+            squid.access_log()
+        );
+        assert_eq!(backend.accepted(), 0, "nothing reached the destination");
+        assert_no_secret(&run, USER, WRONG);
+        run.assert_alive();
+    }
+}
+
+/// squid asks for a new nonce after every 2 uses (`nonce_max_count 2`):
+/// the stale nonce is answered at once with the new one, so six tunnels in a
+/// row all open (Digest), none fails, and the 407s stay bounded.
+#[test]
+fn squid_digest_stale_nonce_is_answered_at_once() {
+    let Some(squid) = RealProxy::squid_auth_with(
+        &[SquidScheme::Digest],
+        USER,
+        PASSWORD,
+        "auth_param digest nonce_max_count 2\n",
+    ) else {
+        return;
+    };
+    let backend = echo_backend();
+    let (run, port) = forwarder(
+        backend.addr,
+        squid.port(),
+        &format!("auth={USER}:{PASSWORD}"),
+        &["-v"],
+    );
+    for i in 1..=6 {
+        let open = tunnel_through(&run, port, 10 + i as u64, 32 * 1024, i);
+        assert_open_with(&open, "Digest");
+    }
+    assert!(
+        run.log_lines("failed").is_empty(),
+        "no tunnel failed:\n{}",
+        run.log()
+    );
+    wait_access(&squid, "TCP_TUNNEL/200", 6);
+    let denied = access_count(&squid, "TCP_DENIED/407");
+    assert!(
+        denied <= 7,
+        "one 407 to learn Digest and at most one per tunnel for a stale nonce, squid saw \
+         {denied}:\n{}",
+        squid.access_log()
+    );
+}
+
+// ---------------------------------------------------------------------------
+// NTLM
+// ---------------------------------------------------------------------------
+
+/// `auth-scheme=ntlm` with `DOMAIN\user` (quoted in the config): negotiate,
+/// challenge, authenticate on one connection, 1 MiB echoes byte-exact, the
+/// open line says `auth NTLM`, squid logged one 407 (the challenge) and the
+/// user it authenticated.
+#[test]
+fn squid_ntlm_1_mib_byte_exact() {
+    let Some(squid) = RealProxy::squid_ntlm_fake_auth() else {
+        return;
+    };
+    let backend = echo_backend();
+    let (run, port) = forwarder(
+        backend.addr,
+        squid.port(),
+        &format!("auth=\"{NTLM_USER}:{NTLM_PASSWORD}\" auth-scheme=ntlm"),
+        &["-v"],
+    );
+    let open = tunnel_through(&run, port, 4, MIB, 1);
+    assert_open_with(&open, "NTLM");
+    wait_access(&squid, "TCP_TUNNEL/200", 1);
+    assert_eq!(
+        access_count(&squid, "TCP_DENIED/407"),
+        1,
+        "one 407, the one carrying the challenge:\n{}",
+        squid.access_log()
+    );
+    let tunnel_line = squid
+        .access_log()
+        .lines()
+        .find(|l| l.contains("TCP_TUNNEL/200"))
+        .map(str::to_owned)
+        .unwrap_or_default();
+    assert!(
+        tunnel_line.contains("jdoe"),
+        "squid authenticated the user we named: {tunnel_line}"
+    );
+    assert_no_secret(&run, NTLM_USER, NTLM_PASSWORD);
+}
+
+// ---------------------------------------------------------------------------
+// auto: discovering the scheme, and learning it
+// ---------------------------------------------------------------------------
+
+/// squid with Digest only, `auto` with credentials: the first tunnel sends
+/// Basic, gets 407 Digest, answers Digest and opens (one 407 in squid's
+/// log); the second and third start with Digest (still one 407).
+#[test]
+fn auto_discovers_digest_and_later_tunnels_start_with_it() {
+    let Some(squid) = RealProxy::squid_digest_auth(USER, PASSWORD) else {
+        return;
+    };
+    let backend = echo_backend();
+    let (run, port) = forwarder(
+        backend.addr,
+        squid.port(),
+        &format!("auth={USER}:{PASSWORD}"),
+        &["-v"],
+    );
+    let open = tunnel_through(&run, port, 5, 256 * 1024, 1);
+    assert_open_with(&open, "Digest");
+    wait_access(&squid, "TCP_TUNNEL/200", 1);
+    assert_eq!(
+        access_count(&squid, "TCP_DENIED/407"),
+        1,
+        "the first tunnel: Basic refused once, then Digest:\n{}",
+        squid.access_log()
+    );
+    for i in 2..=3 {
+        let open = tunnel_through(&run, port, 5 + i as u64, 64 * 1024, i);
+        assert_open_with(&open, "Digest");
+    }
+    wait_access(&squid, "TCP_TUNNEL/200", 3);
+    assert_eq!(
+        access_count(&squid, "TCP_DENIED/407"),
+        1,
+        "later tunnels authenticate with Digest from their first request:\n{}",
+        squid.access_log()
+    );
+    assert_no_secret(&run, USER, PASSWORD);
+}
+
+/// squid with NTLM only, `auto` with credentials: the first tunnel sends
+/// Basic (407), then negotiate (407 with the challenge), then authenticate
+/// (two 407s); every later tunnel starts with negotiate (one 407 each, never
+/// Basic again).
+#[test]
+fn auto_discovers_ntlm_and_later_tunnels_start_with_negotiate() {
+    let Some(squid) = RealProxy::squid_ntlm_fake_auth() else {
+        return;
+    };
+    let backend = echo_backend();
+    let (run, port) = forwarder(
+        backend.addr,
+        squid.port(),
+        &format!("auth=\"{NTLM_USER}:{NTLM_PASSWORD}\""),
+        &["-v"],
+    );
+    let open = tunnel_through(&run, port, 6, 256 * 1024, 1);
+    assert_open_with(&open, "NTLM");
+    wait_access(&squid, "TCP_TUNNEL/200", 1);
+    assert_eq!(
+        access_count(&squid, "TCP_DENIED/407"),
+        2,
+        "the first tunnel: Basic, then negotiate, each answered 407:\n{}",
+        squid.access_log()
+    );
+    for i in 2..=3 {
+        let open = tunnel_through(&run, port, 6 + i as u64, 64 * 1024, i);
+        assert_open_with(&open, "NTLM");
+        wait_access(&squid, "TCP_TUNNEL/200", i);
+        assert_eq!(
+            access_count(&squid, "TCP_DENIED/407"),
+            1 + i,
+            "tunnel {i} starts with negotiate (one 407, the challenge):\n{}",
+            squid.access_log()
+        );
+    }
+}
+
+/// squid offering NTLM and Digest, `auto` with credentials: after the
+/// pre-emptive Basic is refused, the strongest scheme, NTLM, is chosen.
+#[test]
+fn auto_picks_ntlm_over_digest() {
+    let Some(squid) = RealProxy::squid_auth(
+        &[SquidScheme::Digest, SquidScheme::NtlmFake],
+        USER,
+        PASSWORD,
+    ) else {
+        return;
+    };
+    let backend = echo_backend();
+    let (run, port) = forwarder(
+        backend.addr,
+        squid.port(),
+        &format!("auth={USER}:{PASSWORD}"),
+        &["-v"],
+    );
+    let open = tunnel_through(&run, port, 9, 256 * 1024, 1);
+    assert_open_with(&open, "NTLM");
+}
+
+// ---------------------------------------------------------------------------
+// 20 tunnels at once
+// ---------------------------------------------------------------------------
+
+/// 20 tunnels open at the same time through squid demanding `scheme`
+/// (`auto` with credentials, from a cold start: each tunnel discovers or
+/// learns the scheme as it goes), each echoing 256 KiB byte-exact; a
+/// barrier holds every client until all are done.
+fn twenty_concurrent(scheme: SquidScheme) {
+    const CLIENTS: usize = 20;
+    let (user, password) = match scheme {
+        SquidScheme::NtlmFake => (NTLM_USER, NTLM_PASSWORD),
+        _ => (USER, PASSWORD),
+    };
+    let Some(squid) = RealProxy::squid_auth(&[scheme], user, password) else {
+        return;
+    };
+    let backend = echo_backend();
+    let (run, port) = forwarder(
+        backend.addr,
+        squid.port(),
+        &format!("auth=\"{user}:{password}\""),
+        &["-v"],
+    );
+    let len = 256 * 1024;
+    let start_line = Arc::new(Barrier::new(CLIENTS));
+    let finish_line = Arc::new(Barrier::new(CLIENTS));
+    let clients: Vec<_> = (0..CLIENTS as u64)
+        .map(|i| {
+            let start_line = start_line.clone();
+            let finish_line = finish_line.clone();
+            thread::spawn(move || {
+                start_line.wait();
+                let client = connect_port(port);
+                let r = std::panic::catch_unwind(|| {
+                    echo_exchange(&client, 100 + i, len, &format!("{scheme:?} tunnel {i}"))
+                });
+                // Close only when every tunnel is done, even a failed one.
+                finish_line.wait();
+                if let Err(e) = r {
+                    std::panic::resume_unwind(e);
+                }
+            })
+        })
+        .collect();
+    let mut failures = Vec::new();
+    for (i, c) in clients.into_iter().enumerate() {
+        if let Err(e) = c.join() {
+            let msg = e
+                .downcast_ref::<String>()
+                .cloned()
+                .or_else(|| e.downcast_ref::<&str>().map(|s| s.to_string()))
+                .unwrap_or_default();
+            failures.push(format!("client {i}: {msg}"));
+        }
+    }
+    assert!(
+        failures.is_empty(),
+        "{scheme:?}: {}\n{}\n{}",
+        failures.join("\n"),
+        tail(&run.log(), 60),
+        squid.access_log()
+    );
+    assert!(
+        backend.max_active() >= CLIENTS,
+        "{scheme:?}: only {} tunnels were open at once",
+        backend.max_active()
+    );
+    run.wait_log_count(&format!("closed up={len} down={len} "), CLIENTS, IO_TIMEOUT);
+    assert!(
+        run.log_lines("failed").is_empty(),
+        "{scheme:?}: no tunnel failed:\n{}",
+        run.log()
+    );
+    assert_no_secret(&run, user, password);
+}
+
+#[test]
+fn squid_basic_20_concurrent_tunnels() {
+    twenty_concurrent(SquidScheme::Basic);
+}
+
+#[test]
+fn squid_digest_20_concurrent_tunnels() {
+    twenty_concurrent(SquidScheme::Digest);
+}
+
+#[test]
+fn squid_ntlm_20_concurrent_tunnels() {
+    twenty_concurrent(SquidScheme::NtlmFake);
+}
+
+// ---------------------------------------------------------------------------
+// Measurement for the note (run with --ignored --nocapture)
+// ---------------------------------------------------------------------------
+
+/// A duration as the log writes it (`850us`, `12.3ms`, `1.52s`), in µs.
+fn parse_log_duration(text: &str) -> Option<f64> {
+    if let Some(v) = text.strip_suffix("us") {
+        v.parse().ok()
+    } else if let Some(v) = text.strip_suffix("ms") {
+        v.parse::<f64>().ok().map(|v| v * 1e3)
+    } else if let Some(v) = text.strip_suffix('s') {
+        v.parse::<f64>().ok().map(|v| v * 1e6)
+    } else {
+        None
+    }
+}
+
+/// The handshake time of an open line, in µs.
+fn handshake_us(open_line: &str) -> f64 {
+    let value = open_line
+        .split(", handshake ")
+        .nth(1)
+        .and_then(|rest| rest.split([',', ' ']).next())
+        .unwrap_or_else(|| panic!("no handshake time in {open_line}"));
+    parse_log_duration(value).unwrap_or_else(|| panic!("bad duration {value:?} in {open_line}"))
+}
+
+fn median(v: &mut [f64]) -> f64 {
+    v.sort_by(|a, b| a.partial_cmp(b).expect("no NaN"));
+    let n = v.len();
+    if n % 2 == 1 {
+        v[n / 2]
+    } else {
+        (v[n / 2 - 1] + v[n / 2]) / 2.0
+    }
+}
+
+/// Opens 100 tunnels one after the other through squid for each scheme
+/// (`auto` with credentials, so the first tunnel discovers the scheme and
+/// the others start from what was learnt), and prints the handshake time of
+/// the first tunnel, the median of the other 99, and the 407s squid sent,
+/// for the note. Release numbers: `cargo test --release --test auth_real
+/// measure_handshake_times -- --ignored --nocapture`.
+#[test]
+#[ignore]
+fn measure_handshake_times() {
+    const TUNNELS: usize = 100;
+    let mut rows = Vec::new();
+    for (name, schemes) in [
+        ("none", &[][..]),
+        ("Basic", &[SquidScheme::Basic][..]),
+        ("Digest", &[SquidScheme::Digest][..]),
+        ("NTLM", &[SquidScheme::NtlmFake][..]),
+    ] {
+        let squid = if schemes.is_empty() {
+            RealProxy::squid()
+        } else {
+            RealProxy::squid_auth(schemes, USER, PASSWORD)
+        };
+        let Some(squid) = squid else { return };
+        let backend = echo_backend();
+        let options = if schemes.is_empty() {
+            String::new()
+        } else {
+            format!("auth={USER}:{PASSWORD}")
+        };
+        let (run, port) = forwarder(backend.addr, squid.port(), &options, &[]);
+        let mut times = Vec::new();
+        let mut denied_after_first = 0;
+        for i in 1..=TUNNELS {
+            let mut client = connect_port(port);
+            client.write_all(b"x").expect("write");
+            let mut b = [0u8; 1];
+            client
+                .read_exact(&mut b)
+                .unwrap_or_else(|e| panic!("{name}: tunnel {i}: {e}\n{}", run.diagnostics()));
+            drop(client);
+            let opens = run.wait_log_count(": open, ", i, IO_TIMEOUT);
+            times.push(handshake_us(&opens[i - 1]));
+            if i == 1 {
+                wait_access(&squid, "TCP_TUNNEL/200", 1);
+                denied_after_first = access_count(&squid, "TCP_DENIED/407");
+            }
+        }
+        wait_access(&squid, "TCP_TUNNEL/200", TUNNELS);
+        let denied = access_count(&squid, "TCP_DENIED/407");
+        let first = times[0];
+        let rest = median(&mut times[1..]);
+        let scheme = run
+            .log_lines(": open, ")
+            .last()
+            .and_then(|l| open_scheme(l).map(str::to_owned))
+            .unwrap_or_else(|| "-".into());
+        rows.push(format!(
+            "{name:>6}: first tunnel {:>8.0}us ({} x 407), median of the next {}: {:>8.0}us \
+             ({:.2} x 407 per tunnel), open line says auth {scheme}",
+            first,
+            denied_after_first,
+            TUNNELS - 1,
+            rest,
+            (denied - denied_after_first) as f64 / (TUNNELS - 1) as f64,
+        ));
+    }
+    println!("handshake through squid 5.7 on loopback, {TUNNELS} sequential tunnels per scheme:");
+    for r in rows {
+        println!("{r}");
+    }
+}

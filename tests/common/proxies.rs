@@ -303,7 +303,7 @@ impl RealProxy {
 
     /// squid allowing CONNECT to any port from 127.0.0.1, caching nothing.
     pub fn squid() -> Option<RealProxy> {
-        RealProxy::squid_with(&[], None)
+        RealProxy::squid_with(&[], None, "")
     }
 
     /// Like [`RealProxy::squid`], but every request must carry HTTP Basic
@@ -311,7 +311,7 @@ impl RealProxy {
     /// against an htpasswd file); others get `407` with
     /// `Proxy-Authenticate: Basic`.
     pub fn squid_basic_auth(user: &str, password: &str) -> Option<RealProxy> {
-        RealProxy::squid_with(&[SquidScheme::Basic], Some((user, password)))
+        RealProxy::squid_with(&[SquidScheme::Basic], Some((user, password)), "")
     }
 
     /// Like [`RealProxy::squid`], but every request must carry HTTP Digest
@@ -322,7 +322,7 @@ impl RealProxy {
     /// squid's defaults hold: a nonce serves at most 50 requests
     /// (`nonce_max_count`), then squid answers `stale=true`.
     pub fn squid_digest_auth(user: &str, password: &str) -> Option<RealProxy> {
-        RealProxy::squid_with(&[SquidScheme::Digest], Some((user, password)))
+        RealProxy::squid_with(&[SquidScheme::Digest], Some((user, password)), "")
     }
 
     /// Like [`RealProxy::squid`], but every request must authenticate with
@@ -332,17 +332,33 @@ impl RealProxy {
     /// NTLM authenticates a connection, so it needs the persistent client
     /// connections squid keeps by default.
     pub fn squid_ntlm_fake_auth() -> Option<RealProxy> {
-        RealProxy::squid_with(&[SquidScheme::NtlmFake], None)
+        RealProxy::squid_with(&[SquidScheme::NtlmFake], None, "")
     }
 
     /// squid offering every scheme in `schemes` (one `Proxy-Authenticate`
     /// header each, in this order); Basic and Digest check `user`/`password`,
     /// NTLM is `ntlm_fake_auth`.
     pub fn squid_auth(schemes: &[SquidScheme], user: &str, password: &str) -> Option<RealProxy> {
-        RealProxy::squid_with(schemes, Some((user, password)))
+        RealProxy::squid_with(schemes, Some((user, password)), "")
     }
 
-    fn squid_with(schemes: &[SquidScheme], cred: Option<(&str, &str)>) -> Option<RealProxy> {
+    /// Like [`RealProxy::squid_auth`], with `extra` configuration lines
+    /// after the `auth_param` lines of the schemes (e.g. `auth_param digest
+    /// nonce_max_count 2\n`).
+    pub fn squid_auth_with(
+        schemes: &[SquidScheme],
+        user: &str,
+        password: &str,
+        extra: &str,
+    ) -> Option<RealProxy> {
+        RealProxy::squid_with(schemes, Some((user, password)), extra)
+    }
+
+    fn squid_with(
+        schemes: &[SquidScheme],
+        cred: Option<(&str, &str)>,
+        extra: &str,
+    ) -> Option<RealProxy> {
         let program = require("squid", find_program("squid"))?;
         let (dir, service) = proxy_dir("squid");
         let mut auth_lines = String::new();
@@ -397,6 +413,7 @@ impl RealProxy {
                 }
             }
         }
+        auth_lines.push_str(extra);
         let access = if schemes.is_empty() {
             "http_access allow test_clients\n".to_owned()
         } else {
