@@ -647,8 +647,11 @@ mod tests {
         // A type-2 header whose target-info offset points far outside.
         let mut m = b"NTLMSSP\0\x02\0\0\0".to_vec();
         m.extend_from_slice(&[0; 36]);
-        m[40..44].copy_from_slice(&0xffff_fff0u32.to_le_bytes());
-        m[44..46].copy_from_slice(&8u16.to_le_bytes());
+        let flags = ntlm::NEGOTIATE_UNICODE | ntlm::NEGOTIATE_TARGET_INFO;
+        m[20..24].copy_from_slice(&flags.to_le_bytes());
+        m[40..42].copy_from_slice(&8u16.to_le_bytes());
+        m[42..44].copy_from_slice(&8u16.to_le_bytes());
+        m[44..48].copy_from_slice(&0xffff_fff0u32.to_le_bytes());
         let value = format!(
             "NTLM {}",
             base64::engine::general_purpose::STANDARD.encode(&m)
