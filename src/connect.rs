@@ -124,6 +124,9 @@ pub struct Head {
     /// e.g. `["Basic", "NTLM"]`. Several challenges in one header
     /// (comma-separated) are all listed.
     pub proxy_authenticate: Vec<String>,
+    /// The `Proxy-Authenticate` values as sent, one per header line (bytes
+    /// outside UTF-8 replaced), for [`crate::auth::challenge::parse`].
+    pub challenges: Vec<String>,
     /// The body length from `Content-Length`, if it is present, valid and
     /// consistent, and no `Transfer-Encoding` overrides it.
     pub content_length: Option<u64>,
@@ -212,6 +215,7 @@ fn parse_window<'b>(
         head_len,
         status_line: printable(first_line(window), STATUS_LINE_MAX),
         proxy_authenticate: Vec::new(),
+        challenges: Vec::new(),
         content_length: None,
         chunked: false,
         connection_close: false,
@@ -223,6 +227,8 @@ fn parse_window<'b>(
         let name = header.name;
         if name.eq_ignore_ascii_case("proxy-authenticate") {
             offered_schemes(header.value, &mut head.proxy_authenticate);
+            head.challenges
+                .push(String::from_utf8_lossy(header.value).into_owned());
         } else if name.eq_ignore_ascii_case("content-length") {
             lengths.extend(list_items(header.value));
         } else if name.eq_ignore_ascii_case("transfer-encoding") {
@@ -393,6 +399,144 @@ fn describe(error: httparse::Error, window: &[u8]) -> String {
         httparse::Error::HeaderValue => "invalid header value".to_owned(),
         httparse::Error::Token => "invalid token".to_owned(),
         httparse::Error::TooManyHeaders => "too many headers".to_owned(),
+    }
+}
+
+/// Most bytes of a refusal's body read to keep its connection (SPEC: a
+/// 407's body is drained up to 1 MiB).
+pub const MAX_BODY: u64 = 1 << 20;
+
+/// Reads past the body of an answer that is not the tunnel (a 407 being
+/// answered on the same connection), framed by `Content-Length` or chunked
+/// (RFC 9112 §7.1: sizes in hex, extensions and trailers skipped). Bytes can
+/// be fed in pieces of any size; at most [`MAX_BODY`] bytes in all.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BodyDrain {
+    state: Drain,
+    /// Bytes fed so far.
+    seen: u64,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Drain {
+    /// This many body bytes are left.
+    Length(u64),
+    /// In a chunk-size line: the size so far and its digit count.
+    Size {
+        size: u64,
+        digits: u8,
+    },
+    /// After the size: extensions, up to the LF.
+    SizeRest {
+        size: u64,
+    },
+    /// Chunk data left, then its CRLF.
+    Data(u64),
+    /// The CR or LF after a chunk's data.
+    DataEnd,
+    /// At the start of a trailer line (an empty one ends the body).
+    TrailerStart,
+    /// Inside a trailer line, up to its LF.
+    Trailer,
+    Done,
+}
+
+impl BodyDrain {
+    /// A body of `length` bytes.
+    pub fn length(length: u64) -> BodyDrain {
+        BodyDrain {
+            state: if length == 0 {
+                Drain::Done
+            } else {
+                Drain::Length(length)
+            },
+            seen: 0,
+        }
+    }
+
+    /// A chunked body.
+    pub fn chunked() -> BodyDrain {
+        BodyDrain {
+            state: Drain::Size { size: 0, digits: 0 },
+            seen: 0,
+        }
+    }
+
+    /// Whether the whole body has been seen.
+    pub fn is_done(&self) -> bool {
+        self.state == Drain::Done
+    }
+
+    /// Takes body bytes from the front of `bytes`; returns how many were
+    /// body (the rest, if any, come after it).
+    ///
+    /// # Errors
+    /// A malformed chunked framing, or a body over [`MAX_BODY`] bytes.
+    pub fn feed(&mut self, bytes: &[u8]) -> Result<usize, String> {
+        let mut used = 0;
+        while used < bytes.len() && self.state != Drain::Done {
+            let rest = &bytes[used..];
+            let b = rest[0];
+            let mut step = 1;
+            self.state = match self.state {
+                Drain::Length(left) | Drain::Data(left) => {
+                    let take = left.min(rest.len() as u64);
+                    step = take as usize;
+                    match (self.state, left - take) {
+                        (Drain::Length(_), 0) => Drain::Done,
+                        (Drain::Length(_), n) => Drain::Length(n),
+                        (_, 0) => Drain::DataEnd,
+                        (_, n) => Drain::Data(n),
+                    }
+                }
+                Drain::Size { size, digits } => match (b as char).to_digit(16) {
+                    Some(d) if digits < 15 => Drain::Size {
+                        size: size << 4 | u64::from(d),
+                        digits: digits + 1,
+                    },
+                    Some(_) => return Err("chunk size too large".into()),
+                    None if digits == 0 => return Err("chunk size missing".into()),
+                    None => Self::after_size(size, b)?,
+                },
+                Drain::SizeRest { size } => Self::after_size(size, b)?,
+                Drain::DataEnd => match b {
+                    b'\r' => Drain::DataEnd,
+                    b'\n' => Drain::Size { size: 0, digits: 0 },
+                    _ => return Err("no line end after chunk data".into()),
+                },
+                Drain::TrailerStart => match b {
+                    b'\r' => Drain::TrailerStart,
+                    b'\n' => Drain::Done,
+                    _ => Drain::Trailer,
+                },
+                Drain::Trailer if b == b'\n' => Drain::TrailerStart,
+                Drain::Trailer => Drain::Trailer,
+                Drain::Done => Drain::Done,
+            };
+            used += step;
+            self.seen += step as u64;
+            if self.seen > MAX_BODY {
+                return Err(format!("its body is over {} MiB", MAX_BODY >> 20));
+            }
+        }
+        Ok(used)
+    }
+
+    /// The state after byte `b` that follows a chunk size of `size`.
+    fn after_size(size: u64, b: u8) -> Result<Drain, String> {
+        Ok(match b {
+            b'\n' if size == 0 => Drain::TrailerStart,
+            b'\n' => {
+                if size > MAX_BODY {
+                    return Err(format!("its body is over {} MiB", MAX_BODY >> 20));
+                }
+                Drain::Data(size)
+            }
+            b if b.is_ascii_control() && b != b'\r' && b != b'\t' => {
+                return Err("control character in a chunk-size line".into())
+            }
+            _ => Drain::SizeRest { size },
+        })
     }
 }
 
@@ -898,6 +1042,69 @@ mod tests {
         #[test]
         fn big_inputs_never_panic(buf in prop::collection::vec(any::<u8>(), MAX_HEAD - 8..MAX_HEAD + 8)) {
             check_contract(&buf)?;
+        }
+    }
+
+    // ---- body drain ----
+
+    fn drain_all(mut d: BodyDrain, bytes: &[u8], piece: usize) -> Result<usize, String> {
+        let mut used = 0;
+        for chunk in bytes.chunks(piece.max(1)) {
+            let n = d.feed(chunk)?;
+            used += n;
+            if n < chunk.len() || d.is_done() {
+                break;
+            }
+        }
+        if d.is_done() {
+            Ok(used)
+        } else {
+            Err("not done".into())
+        }
+    }
+
+    #[test]
+    fn a_chunked_body_ends_after_its_last_chunk_and_trailers_in_any_pieces() {
+        let body =
+            b"5;ext=1\r\nhello\r\n1A\r\nabcdefghijklmnopqrstuvwxyz\r\n0\r\nX-T: 1\r\n\r\nNEXT";
+        let end = body.len() - 4;
+        for piece in 1..=body.len() {
+            assert_eq!(
+                drain_all(BodyDrain::chunked(), body, piece),
+                Ok(end),
+                "pieces of {piece}"
+            );
+        }
+        assert_eq!(
+            drain_all(BodyDrain::chunked(), b"0\n\n", 1),
+            Ok(3),
+            "bare LF"
+        );
+    }
+
+    #[test]
+    fn a_length_body_takes_exactly_its_length() {
+        assert_eq!(drain_all(BodyDrain::length(3), b"abcdef", 2), Ok(3));
+        assert!(BodyDrain::length(0).is_done());
+    }
+
+    #[test]
+    fn bad_or_huge_bodies_are_errors() {
+        assert!(drain_all(BodyDrain::chunked(), b"zz\r\n", 4).is_err());
+        assert!(drain_all(BodyDrain::chunked(), b"5\r\nhelloXX", 20).is_err());
+        assert!(drain_all(BodyDrain::chunked(), b"ffffffffffffffffff\r\n", 30).is_err());
+        let big = format!("{:x}\r\n", MAX_BODY + 1);
+        let e = drain_all(BodyDrain::chunked(), big.as_bytes(), 64).unwrap_err();
+        assert!(e.contains("over 1 MiB"), "{e}");
+        let mut d = BodyDrain::length(2 * MAX_BODY);
+        let e = d.feed(&vec![0; MAX_BODY as usize + 1]).unwrap_err();
+        assert!(e.contains("over 1 MiB"), "{e}");
+    }
+
+    proptest! {
+        #[test]
+        fn body_drain_never_panics(bytes in proptest::collection::vec(any::<u8>(), 0..512), piece in 1usize..64) {
+            let _ = drain_all(BodyDrain::chunked(), &bytes, piece);
         }
     }
 }

@@ -8,7 +8,7 @@ use std::io::Write;
 use std::process::ExitCode;
 
 use httptunneling::cli::{self, Command, RunArgs};
-use httptunneling::{config, logsink, Engine, EngineOptions, StartError};
+use httptunneling::{auth, config, logsink, Engine, EngineOptions, StartError};
 
 fn main() -> ExitCode {
     match cli::parse(std::env::args_os().skip(1)) {
@@ -32,6 +32,14 @@ fn main() -> ExitCode {
 fn check(path: &std::path::Path) -> ExitCode {
     match config::load(path) {
         Ok(config) => {
+            for w in config::warnings(&config, &path.display().to_string()) {
+                eprintln!("warning: {w}");
+            }
+            for entry in &config.entries {
+                if let Some(w) = entry.proxy.as_ref().and_then(auth::load_warning) {
+                    eprintln!("warning: {}:{}: {w}", path.display(), entry.line);
+                }
+            }
             let mut out = std::io::stdout().lock();
             for entry in &config.entries {
                 // A closed stdout (`| head`) is not an error worth a panic.
@@ -86,6 +94,9 @@ fn serve(args: &RunArgs) -> ExitCode {
             return ExitCode::from(1);
         }
     };
+    for w in config::warnings(&config, &args.config.display().to_string()) {
+        log::warn!("{w}");
+    }
     let opts = EngineOptions {
         config_path: Some(args.config.clone()),
         watch: args.watch,

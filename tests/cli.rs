@@ -295,3 +295,46 @@ fn sigterm_exits_0_and_closes_open_tunnels() {
     );
     drop(client);
 }
+
+/// An auth-file others can read holds a password in the open: `--check` (and
+/// the running program, at load) warns, naming the file, line and mode; at
+/// mode 0600 nothing is said. Named schemes without credentials warn too.
+#[test]
+fn check_warns_about_an_auth_file_readable_by_others() {
+    use std::os::unix::fs::PermissionsExt;
+    let secret = write_temp("open-secret.txt", "alice:S3cretPw\n");
+    fs::set_permissions(&secret, fs::Permissions::from_mode(0o644)).expect("chmod");
+    let config = format!(
+        "{} h.example 22 127.0.0.1 3128 auth-file={}\n{} h.example 23 127.0.0.1 3128 auth-scheme=ntlm\n",
+        free_port(),
+        secret.display(),
+        free_port()
+    );
+    let path = write_temp("warn.conf", &config);
+    let out = check(&path);
+    assert_eq!(out.status.code(), Some(0), "{}", describe(&out));
+    let stderr = text(&out.stderr);
+    assert!(
+        stderr.contains(&format!(
+            "warn.conf:1: auth-file {} can be read by other users (mode 0644)",
+            secret.display()
+        )),
+        "{}",
+        describe(&out)
+    );
+    assert!(
+        stderr.contains("warn.conf:2: auth-scheme=ntlm without credentials"),
+        "{}",
+        describe(&out)
+    );
+    assert!(!stderr.contains("S3cretPw"), "{}", describe(&out));
+    fs::set_permissions(&secret, fs::Permissions::from_mode(0o600)).expect("chmod");
+    let out = check(&path);
+    assert!(
+        !text(&out.stderr).contains("auth-file"),
+        "mode 0600 needs no warning:\n{}",
+        describe(&out)
+    );
+    remove_temp(&path);
+    remove_temp(&secret);
+}

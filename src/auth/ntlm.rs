@@ -299,7 +299,10 @@ pub fn parse_challenge(m: &[u8]) -> Result<Challenge2, Error> {
     let name_len = usize::from(u16_at(m, 12));
     let name_off = u32_at(m, 16) as usize;
     let payload_start = |limit: usize| m.len() >= limit && (name_len == 0 || name_off >= limit);
-    let has_info = payload_start(48);
+    // MS-NLMP 2.2.1.2: TargetInfoFields are meaningful only with
+    // NEGOTIATE_TARGET_INFO; older servers (squid's ntlm_fake_auth) send a
+    // 40-byte header whose bytes 40.. are already payload.
+    let has_info = flags & NEGOTIATE_TARGET_INFO != 0 && payload_start(48);
     let info = if has_info {
         let info_len = usize::from(u16_at(m, 40));
         let info_off = u32_at(m, 44) as usize;
@@ -312,8 +315,13 @@ pub fn parse_challenge(m: &[u8]) -> Result<Challenge2, Error> {
         None
     };
     let header = info.map_or(32, |(_, _, h)| h);
-    let (name_off, name_len) = buffer(m, 12, header, "target name")?;
-    let target_name = m[name_off..name_off + name_len].to_vec();
+    // The target name is informational (NTLMv2 uses the user's domain):
+    // one that lies outside the message, as some servers send with an
+    // uninitialised offset, is taken as empty rather than refused.
+    let target_name = match buffer(m, 12, header, "target name") {
+        Ok((off, len)) => m[off..off + len].to_vec(),
+        Err(_) => Vec::new(),
+    };
 
     let mut target_info = Vec::new();
     let mut version = None;
@@ -820,10 +828,11 @@ mod tests {
         let mut m = good.clone();
         m[0] = b'X';
         assert_eq!(parse_challenge(&m), Err(Error::BadSignature));
-        // Target name running past the end.
+        // Target name running past the end: informational only, so taken
+        // as empty (some servers leave its offset uninitialised).
         let mut m = good.clone();
         m[12] = 0xff;
-        assert_eq!(parse_challenge(&m), Err(Error::OutOfBounds("target name")));
+        assert!(parse_challenge(&m).unwrap().target_name.is_empty());
         // Target info offset near u32::MAX: no overflow.
         let mut m = good.clone();
         m[44..48].copy_from_slice(&u32::MAX.to_le_bytes());
@@ -843,7 +852,7 @@ mod tests {
         );
         // Target info without EOL.
         let c = Challenge2 {
-            flags: NEGOTIATE_UNICODE,
+            flags: NEGOTIATE_UNICODE | NEGOTIATE_TARGET_INFO,
             server_challenge: [0; 8],
             target_name: vec![],
             target_info: vec![1, 0, 2, 0, b'a', 0],
@@ -892,7 +901,7 @@ mod tests {
         assert!(c.target_info.is_empty() && c.target_name.is_empty() && c.version.is_none());
         // Trailing bytes after EOL are dropped.
         let c2 = Challenge2 {
-            flags: NEGOTIATE_UNICODE,
+            flags: NEGOTIATE_UNICODE | NEGOTIATE_TARGET_INFO,
             server_challenge: [0; 8],
             target_name: vec![],
             target_info: vec![0, 0, 0, 0, 9, 9],
@@ -962,6 +971,9 @@ mod tests {
             any::<[u8; 8]>(),
         )
             .prop_map(|(flags, server_challenge, target_name, target_info, v)| {
+                // The modern layout, which carries target info (the old one
+                // without it has its own test).
+                let flags = flags | NEGOTIATE_TARGET_INFO;
                 Challenge2 {
                     flags,
                     server_challenge,
@@ -999,5 +1011,26 @@ mod tests {
         fn parse_after_render_is_identity(c in challenge2()) {
             prop_assert_eq!(parse_challenge(&c.to_bytes()).unwrap(), c);
         }
+    }
+
+    /// squid's ntlm_fake_auth sends an old-style challenge: a 40-byte header
+    /// without target info (NEGOTIATE_TARGET_INFO clear), the target name's
+    /// offset left uninitialised (0xaaaaaaae), "WORKGROUP" as payload.
+    #[test]
+    fn an_old_style_challenge_without_target_info_parses() {
+        use base64::Engine as _;
+        let m = base64::engine::general_purpose::STANDARD
+            .decode("TlRMTVNTUAACAAAACQAJAK6qqqoGgggAzJJQYl1AlFoAAAAAAAA6AFdPUktHUk9VUA==")
+            .unwrap();
+        let ch = parse_challenge(&m).expect("squid's fake challenge");
+        assert_eq!(ch.flags, 0x0008_8206);
+        assert!(ch.target_info.is_empty());
+        assert!(ch.target_name.is_empty());
+        assert_eq!(
+            ch.server_challenge,
+            [0xcc, 0x92, 0x50, 0x62, 0x5d, 0x40, 0x94, 0x5a]
+        );
+        let msg = authenticate(&ch, "alice", "CORP", "x", "WS", [7; 8], 0).unwrap();
+        assert_eq!(&msg[..12], b"NTLMSSP\0\x03\0\0\0");
     }
 }

@@ -335,6 +335,37 @@ pub fn load(path: &Path) -> Result<Config, Vec<Error>> {
     })
 }
 
+/// Warnings about a valid configuration read from `file`: today, an
+/// `auth-file` that users other than its owner can read (it holds a
+/// password; mode 0600 is right), as `FILE:LINE: message` for the first
+/// entry naming it. Reads file metadata: call it where `load` is called,
+/// off the reactor thread.
+pub fn warnings(config: &Config, file: &str) -> Vec<String> {
+    use std::os::unix::fs::PermissionsExt;
+    let mut seen: Vec<&Path> = Vec::new();
+    let mut out = Vec::new();
+    for entry in &config.entries {
+        let Some(path) = entry.proxy.as_ref().and_then(|p| p.auth_file.as_deref()) else {
+            continue;
+        };
+        if seen.contains(&path) {
+            continue;
+        }
+        seen.push(path);
+        if let Ok(meta) = std::fs::metadata(path) {
+            let mode = meta.permissions().mode() & 0o777;
+            if mode & 0o077 != 0 {
+                out.push(format!(
+                    "{file}:{}: auth-file {} can be read by other users (mode {mode:04o}); `chmod 600` it",
+                    entry.line,
+                    path.display()
+                ));
+            }
+        }
+    }
+    out
+}
+
 /// Parses the text of a config file.
 ///
 /// `file` is the name errors show; `base_dir` is the folder relative

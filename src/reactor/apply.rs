@@ -43,7 +43,7 @@ impl Engine {
         for (listen, entry) in diff.unchanged {
             if let Some(l) = self.listener_at(listen) {
                 if l.route.entry.line != entry.line {
-                    l.route = Rc::new(Route::new(entry));
+                    l.route = Rc::new(Route::keeping_learnt(entry, &l.route));
                 }
             }
         }

@@ -74,7 +74,13 @@ where
                         Err(RecvTimeoutError::Disconnected) => return,
                     }
                 }
-                deliver(config::load(&path));
+                let loaded = config::load(&path);
+                if let Ok(c) = &loaded {
+                    for w in config::warnings(c, &path.display().to_string()) {
+                        log::warn!("{w}");
+                    }
+                }
+                deliver(loaded);
             }
         })?;
     Ok(Reloader {

@@ -54,12 +54,13 @@ use log::{debug, info, warn};
 use mio::net::TcpStream;
 use mio::{Registry, Token};
 
+use crate::auth;
 use crate::net;
 use crate::transport::Transport;
 use duplex::{Fault, Flow};
 use endpoint::Endpoint;
 pub use route::{Hop, Route};
-use upstream::{HeadBuf, HopStage};
+use upstream::{Reading, Resume, Sending};
 
 /// Side 0 of a tunnel's token: the accepted client socket (and listeners).
 pub const CLIENT: usize = 0;
@@ -117,26 +118,24 @@ impl fmt::Display for Reason {
 #[derive(Debug)]
 pub enum State {
     /// Accepted; waiting for the first hop's addresses from the resolver.
-    Accepting { deadline: Instant },
-    /// Connecting to `addrs[next - 1]`; the rest are tried in turn.
+    /// Holds the upstream socket made before the client was accepted.
+    Accepting {
+        deadline: Instant,
+        reserve: Option<net::Reserved>,
+    },
+    /// Connecting to `addrs[next - 1]`; the rest are tried in turn. With
+    /// `resume`, a dial again to answer a 407 on a new connection.
     Dialing {
         deadline: Instant,
         addrs: Vec<SocketAddr>,
         next: usize,
+        resume: Option<Box<Resume>>,
     },
-    /// Writing a hop's CONNECT request; `written` bytes of it are out.
-    SentConnect {
-        deadline: Instant,
-        stage: HopStage,
-        request: Vec<u8>,
-        written: usize,
-    },
-    /// Reading a hop's answer head.
-    ReadingHeaders {
-        deadline: Instant,
-        stage: HopStage,
-        head: HeadBuf,
-    },
+    /// Writing a hop's CONNECT request (its hop, auth session and bytes;
+    /// boxed, so a forwarding tunnel does not carry handshake-sized state).
+    SentConnect(Box<Sending>),
+    /// Reading a hop's answer head (and draining a 407's body).
+    ReadingHeaders(Box<Reading>),
     /// Moving bytes both ways.
     Forwarding,
     /// Done; the reactor drops the tunnel at the end of the tick.
@@ -148,8 +147,8 @@ impl fmt::Display for State {
         f.write_str(match self {
             State::Accepting { .. } => "Accepting",
             State::Dialing { .. } => "Dialing",
-            State::SentConnect { .. } => "SentConnect",
-            State::ReadingHeaders { .. } => "ReadingHeaders",
+            State::SentConnect(_) => "SentConnect",
+            State::ReadingHeaders(_) => "ReadingHeaders",
             State::Forwarding => "Forwarding",
             State::Closing(_) => "Closing",
         })
@@ -206,8 +205,6 @@ pub struct Tunnel {
     pub id: u64,
     /// The listener's slab key and id, for `max-conns` accounting.
     pub listener: (usize, u64),
-    /// The listener's address as configured.
-    pub listen: SocketAddr,
     /// The route frozen at accept.
     pub route: Rc<Route>,
     client_addr: SocketAddr,
@@ -222,9 +219,6 @@ pub struct Tunnel {
     last_activity: Instant,
     max_idle: Duration,
     first_closed: Option<Side>,
-    /// The upstream socket, made before the client was accepted; the dial
-    /// uses it.
-    reserve: Option<net::Reserved>,
     /// Set while the tunnel is on the reactor's list of tunnels to drive.
     pub queued: bool,
     /// The earliest instant the reactor's timer heap holds for this tunnel
@@ -248,21 +242,19 @@ impl Tunnel {
         Tunnel {
             id,
             listener,
-            listen: route.entry.listen,
             route,
             client_addr,
             client: Endpoint::new(Transport::Tcp(client)),
             upstream: None,
             client_to_upstream: Flow::new(capacity),
             upstream_to_client: Flow::new(capacity),
-            state: State::Accepting { deadline },
+            state: State::Accepting { deadline, reserve },
             accepted: now,
             connected: None,
             forwarding_since: None,
             last_activity: now,
             max_idle: Duration::ZERO,
             first_closed: None,
-            reserve,
             queued: false,
             timer: None,
         }
@@ -318,11 +310,12 @@ impl Tunnel {
 
     /// The first hop's addresses arrived (or resolution failed).
     pub fn resolved(&mut self, answer: io::Result<Vec<SocketAddr>>, ctx: &mut Ctx<'_>) -> Progress {
-        let State::Accepting { deadline } = self.state else {
+        let State::Accepting { deadline, reserve } = &mut self.state else {
             return Progress::Idle;
         };
+        let (deadline, mut reserve) = (*deadline, reserve.take());
         match answer {
-            Ok(addrs) => self.dial_from(addrs, 0, deadline, None, ctx.registry, ctx.key),
+            Ok(addrs) => self.dial_from(addrs, 0, deadline, &mut reserve, None, ctx),
             Err(e) => self.fail(format!(
                 "cannot resolve {}: {e}",
                 self.route.first_hop().host
@@ -332,10 +325,10 @@ impl Tunnel {
 
     /// Starts a tunnel whose first hop is an IP literal.
     pub fn start(&mut self, ctx: &mut Ctx<'_>) -> Progress {
-        match (&self.state, self.route.first_hop_ip()) {
-            (State::Accepting { deadline }, Some(ip)) => {
-                let deadline = *deadline;
-                self.dial_from(vec![ip], 0, deadline, None, ctx.registry, ctx.key)
+        match (&mut self.state, self.route.first_hop_ip()) {
+            (State::Accepting { deadline, reserve }, Some(ip)) => {
+                let (deadline, mut reserve) = (*deadline, reserve.take());
+                self.dial_from(vec![ip], 0, deadline, &mut reserve, None, ctx)
             }
             _ => Progress::Idle,
         }
@@ -372,8 +365,8 @@ impl Tunnel {
             let progress = match self.state {
                 State::Accepting { .. } => Progress::Idle,
                 State::Dialing { .. } => self.check_connected(ctx),
-                State::SentConnect { .. } => self.write_request(),
-                State::ReadingHeaders { .. } => self.read_answer(ctx.now),
+                State::SentConnect(_) => self.write_request(),
+                State::ReadingHeaders(_) => self.read_answer(ctx),
                 State::Forwarding => self.forward(ctx.now),
                 State::Closing(_) => Progress::Finished,
             };
@@ -431,14 +424,19 @@ impl Tunnel {
         Progress::Finished
     }
 
-    fn start_forwarding(&mut self, now: Instant) {
+    /// Enters Forwarding; `auth` is the scheme the proxy accepted, if any.
+    fn start_forwarding(&mut self, now: Instant, auth: Option<auth::Scheme>) {
         self.forwarding_since = Some(now);
         self.last_activity = now;
         self.set_state(State::Forwarding);
         let dial = self.connected.unwrap_or(now) - self.accepted;
         let handshake = now - self.connected.unwrap_or(now);
+        let auth = match auth {
+            Some(scheme) => format!(", auth {}", scheme.name()),
+            None => String::new(),
+        };
         info!(
-            "{}: open, dial {}, handshake {}",
+            "{}: open, dial {}, handshake {}{auth}",
             self.prefix(),
             net::fmt_duration(dial),
             net::fmt_duration(handshake)
@@ -452,10 +450,9 @@ impl Tunnel {
     /// and, when that fires, calls `expire` and arms the next.
     pub fn deadline(&self) -> Option<Instant> {
         match &self.state {
-            State::Accepting { deadline }
-            | State::Dialing { deadline, .. }
-            | State::SentConnect { deadline, .. }
-            | State::ReadingHeaders { deadline, .. } => Some(*deadline),
+            State::Accepting { deadline, .. } | State::Dialing { deadline, .. } => Some(*deadline),
+            State::SentConnect(s) => Some(s.deadline),
+            State::ReadingHeaders(r) => Some(r.deadline),
             State::Forwarding => self
                 .route
                 .entry
@@ -479,8 +476,8 @@ impl Tunnel {
                 Some(a) => format!("dialing {a}"),
                 None => "dialing".to_string(),
             },
-            State::SentConnect { .. } => "sending the CONNECT request".to_string(),
-            State::ReadingHeaders { .. } => "waiting for the proxy's answer".to_string(),
+            State::SentConnect(_) => "sending the CONNECT request".to_string(),
+            State::ReadingHeaders(_) => "waiting for the proxy's answer".to_string(),
             State::Forwarding => {
                 let gap = now.saturating_duration_since(self.last_activity);
                 self.max_idle = self.max_idle.max(gap);
@@ -543,7 +540,7 @@ impl fmt::Display for Prefix<'_> {
             f,
             "tunnel {} {} <- {} -> {}",
             t.id,
-            t.listen,
+            t.route.entry.listen,
             t.client_addr,
             t.route.entry.dest.authority()
         )?;

@@ -6,8 +6,10 @@
 //! each `SentConnect` stage builds its own (an authentication round or a
 //! later hop needs a request of its own).
 
+use std::cell::RefCell;
 use std::net::{IpAddr, SocketAddr};
 
+use crate::auth::Learnt;
 use crate::config::{Entry, HostPort, Proxy};
 
 /// One proxy of a route.
@@ -15,6 +17,9 @@ use crate::config::{Entry, HostPort, Proxy};
 pub struct Hop {
     /// The proxy as configured: address, credentials, scheme, headers.
     pub proxy: Proxy,
+    /// What the entry's tunnels learnt about authenticating to it (the
+    /// reactor is single-threaded; a tunnel borrows it only inside a call).
+    pub learnt: RefCell<Learnt>,
 }
 
 /// The hops of one entry and where they lead.
@@ -34,7 +39,10 @@ impl Route {
         let hops: Vec<Hop> = entry
             .proxy
             .iter()
-            .map(|p| Hop { proxy: p.clone() })
+            .map(|p| Hop {
+                proxy: p.clone(),
+                learnt: RefCell::default(),
+            })
             .collect();
         let mut route = Route {
             entry,
@@ -47,6 +55,16 @@ impl Route {
             .parse::<IpAddr>()
             .ok()
             .map(|ip| SocketAddr::new(ip, first.port));
+        route
+    }
+
+    /// The route of `entry`, an entry with the same settings as `old`'s
+    /// (only its line moved): what `old`'s tunnels learnt is kept.
+    pub fn keeping_learnt(entry: Entry, old: &Route) -> Route {
+        let route = Route::new(entry);
+        for (new, old) in route.hops.iter().zip(&old.hops) {
+            *new.learnt.borrow_mut() = old.learnt.borrow().clone();
+        }
         route
     }
 

@@ -1,26 +1,27 @@
 //! The upstream handshake stages, hop by hop, before Forwarding: dial the
 //! first hop (each resolved address in turn), then for each proxy write its
 //! `CONNECT` request (built by the stage, with the hop's authentication) and
-//! read its answer head into a head buffer, answering a 407 when the hop's
-//! [`auth::Session`] can.
+//! read its answer head; a 407 that the hop's [`auth::Session`] can answer
+//! is answered on the same connection (after draining its body) or on a new
+//! one, within the same `connect-timeout`.
 //!
 //! This is where a new upstream stage goes: a transport upgrade (TLS to a
-//! proxy) between `Dialing` and `SentConnect`, an authentication round after
-//! `ReadingHeaders`, the next hop of a chain after a 2xx.
+//! proxy) between `Dialing` and `SentConnect`, the next hop of a chain after
+//! a 2xx.
 
 use std::io::{self, Read, Write};
 use std::net::SocketAddr;
 use std::time::Instant;
 
 use log::debug;
-use mio::{Interest, Registry};
+use mio::Interest;
 
 use super::endpoint::Endpoint;
 use super::{token, Ctx, Progress, Reason, State, Tunnel, UPSTREAM};
 use crate::auth::{self, Next};
-use crate::connect::{self, Head, MAX_HEAD};
+use crate::connect::{self, BodyDrain, Head, MAX_BODY, MAX_HEAD};
 use crate::net;
-use crate::ring::Lent;
+use crate::ring::{Lent, Ring};
 use crate::transport::Transport;
 
 /// A hop being negotiated: which one, and its authentication so far.
@@ -32,36 +33,129 @@ pub struct HopStage {
     pub auth: auth::Session,
 }
 
-/// The bytes of a proxy's answer read so far, in a buffer lent from the
-/// ring storage pool for as long as the stage lasts. Holds at most
-/// [`MAX_HEAD`] + 1 bytes, so a head over the limit is recognised.
+/// SentConnect's data: the request being written.
 #[derive(Debug)]
-pub struct HeadBuf {
-    buf: Lent,
-    len: usize,
+pub struct Sending {
+    pub deadline: Instant,
+    pub stage: HopStage,
+    pub request: Vec<u8>,
+    pub written: usize,
+}
+
+/// ReadingHeaders' data: the answer read so far, and a 407 body being
+/// drained before answering it on the same connection.
+#[derive(Debug)]
+pub struct Reading {
+    pub deadline: Instant,
+    pub stage: HopStage,
+    head: HeadBuf,
+    drain: Option<Pending>,
+}
+
+/// A 407 being answered on the same connection once its body is drained.
+#[derive(Debug)]
+struct Pending {
+    body: BodyDrain,
+    answer: String,
+    /// The answer must go on this connection (NTLM's authenticate message).
+    same_connection: bool,
+}
+
+/// A dial again after a 407 on a connection the proxy does not keep: the
+/// hop's session and the answer to send on the new connection.
+#[derive(Debug)]
+pub struct Resume {
+    stage: HopStage,
+    answer: String,
+}
+
+/// Where the proxy's answer is read to. When the downstream ring can hold a
+/// whole head it is the ring itself (no copy: the bytes after a 2xx head are
+/// already where forwarding takes them from, and the storage comes from and
+/// goes back to the ring pool); else a buffer of [`MAX_HEAD`] + 1 lent from
+/// the same pool, each read limited to what the ring can take, so the bytes
+/// after the head (which came in the last read) always fit into it.
+#[derive(Debug)]
+enum HeadBuf {
+    InRing,
+    Own { buf: Lent, len: usize },
 }
 
 impl HeadBuf {
-    fn new() -> HeadBuf {
-        HeadBuf {
-            buf: Lent::new(MAX_HEAD + 1),
-            len: 0,
+    fn new(ring: &Ring) -> HeadBuf {
+        if ring.capacity() > MAX_HEAD {
+            HeadBuf::InRing
+        } else {
+            HeadBuf::Own {
+                buf: Lent::new(MAX_HEAD + 1),
+                len: 0,
+            }
         }
     }
 
-    /// One read of at most `max` bytes: the bytes read and the room
-    /// offered (fewer read than offered means the socket's queue is empty).
-    fn read_from(&mut self, src: &mut impl Read, max: usize) -> io::Result<(usize, usize)> {
-        let end = self.buf.len().min(self.len + max);
-        let n = src.read(&mut self.buf[self.len..end])?;
-        let room = end - self.len;
-        self.len += n;
-        Ok((n, room))
+    /// One read: the bytes read and the room offered.
+    fn read_from(&mut self, ring: &mut Ring, src: &mut impl Read) -> io::Result<(usize, usize)> {
+        match self {
+            HeadBuf::InRing => {
+                let room = ring.free();
+                Ok((ring.read_from(src)?, room))
+            }
+            HeadBuf::Own { buf, len } => {
+                let end = buf.len().min(*len + ring.free());
+                let room = end - *len;
+                let n = src.read(&mut buf[*len..end])?;
+                *len += n;
+                Ok((n, room))
+            }
+        }
     }
 
-    fn filled(&self) -> &[u8] {
-        &self.buf[..self.len]
+    /// The bytes held, oldest first (the ring's may wrap only while a body
+    /// is drained, which reads both parts).
+    fn parts<'a>(&'a self, ring: &'a Ring) -> (&'a [u8], &'a [u8]) {
+        match self {
+            HeadBuf::InRing => ring.as_slices(),
+            HeadBuf::Own { buf, len } => (&buf[..*len], &[]),
+        }
     }
+
+    fn len(&self, ring: &Ring) -> usize {
+        match self {
+            HeadBuf::InRing => ring.len(),
+            HeadBuf::Own { len, .. } => *len,
+        }
+    }
+
+    /// Drops the `n` oldest bytes.
+    fn consume(&mut self, ring: &mut Ring, n: usize) {
+        match self {
+            HeadBuf::InRing => ring.consume(n),
+            HeadBuf::Own { buf, len } => {
+                buf.copy_within(n..*len, 0);
+                *len -= n;
+            }
+        }
+    }
+
+    /// After a 2xx head of `head_len` bytes: what followed it is the start
+    /// of the downstream ring.
+    fn into_ring(mut self, ring: &mut Ring, head_len: usize) {
+        self.consume(ring, head_len);
+        if let HeadBuf::Own { buf, len } = &self {
+            let pushed = ring.push(&buf[..*len]);
+            debug_assert_eq!(pushed, *len, "bytes after the head must fit the ring");
+        }
+    }
+}
+
+/// What to do after looking at the bytes read so far.
+enum Step {
+    /// Read more.
+    Read,
+    /// Look again: the bytes held mean something new (a body to drain).
+    Again,
+    /// The stage is over (or changed); report this.
+    Done(Progress),
 }
 
 impl Tunnel {
@@ -71,20 +165,20 @@ impl Tunnel {
         addrs: Vec<SocketAddr>,
         mut next: usize,
         deadline: Instant,
+        reserve: &mut Option<net::Reserved>,
         mut last_error: Option<String>,
-        registry: &Registry,
-        key: usize,
+        ctx: &Ctx<'_>,
     ) -> Progress {
         // A socket that failed to connect: closing it also takes it out of
         // the poll (see `Tunnel::close`).
         self.upstream = None;
         while let Some(&addr) = addrs.get(next) {
             next += 1;
-            match net::dial(&mut self.reserve, addr) {
+            match net::dial(reserve, addr) {
                 Ok(mut stream) => {
-                    if let Err(e) = registry.register(
+                    if let Err(e) = ctx.registry.register(
                         &mut stream,
-                        token(key, UPSTREAM),
+                        token(ctx.key, UPSTREAM),
                         Interest::READABLE | Interest::WRITABLE,
                     ) {
                         last_error = Some(format!("connect to {addr}: register: {e}"));
@@ -98,6 +192,7 @@ impl Tunnel {
                         deadline,
                         addrs,
                         next,
+                        resume: None,
                     });
                     return Progress::Idle;
                 }
@@ -131,32 +226,43 @@ impl Tunnel {
                 Err(e) => Some(e),
             },
         };
-        let State::Dialing { deadline, next, .. } = &self.state else {
+        let placeholder = State::Closing(Reason::Shutdown);
+        let State::Dialing {
+            deadline,
+            addrs,
+            next,
+            resume,
+        } = std::mem::replace(&mut self.state, placeholder)
+        else {
             return Progress::Idle;
         };
-        let (deadline, next) = (*deadline, *next);
         if let Some(e) = failure {
-            let State::Dialing { addrs, .. } =
-                std::mem::replace(&mut self.state, State::Accepting { deadline })
-            else {
-                return Progress::Idle;
-            };
             let why = match addrs.get(next - 1) {
                 Some(a) => format!("connect to {a}: {e}"),
                 None => format!("connect: {e}"),
             };
             debug!("{}: {why}", self.prefix());
-            return self.dial_from(addrs, next, deadline, Some(why), ctx.registry, ctx.key);
+            let progress = self.dial_from(addrs, next, deadline, &mut None, Some(why), ctx);
+            if let State::Dialing { resume: r, .. } = &mut self.state {
+                *r = resume;
+            }
+            return progress;
         }
-        self.connected = Some(ctx.now);
-        if self.route.hops.is_empty() {
-            self.start_forwarding(ctx.now);
-        } else {
-            let stage = HopStage {
-                hop: 0,
-                auth: auth::Session::new(),
-            };
-            self.send_connect(stage, deadline, None);
+        self.connected.get_or_insert(ctx.now);
+        match resume {
+            Some(r) => {
+                let Resume { stage, answer } = *r;
+                self.send_connect(stage, deadline, Some(answer));
+            }
+            None if self.route.hops.is_empty() => self.start_forwarding(ctx.now, None),
+            None => {
+                let target = self.route.connect_target(0).authority();
+                let stage = HopStage {
+                    hop: 0,
+                    auth: auth::Session::new(target),
+                };
+                self.send_connect(stage, deadline, None);
+            }
         }
         Progress::Idle
     }
@@ -165,39 +271,37 @@ impl Tunnel {
     /// hop's first authorization, or `answer` to its challenge.
     fn send_connect(&mut self, mut stage: HopStage, deadline: Instant, answer: Option<String>) {
         let hop = &self.route.hops[stage.hop];
-        let authorization = answer.or_else(|| stage.auth.first(&hop.proxy));
+        let authorization =
+            answer.or_else(|| stage.auth.first(&hop.proxy, &mut hop.learnt.borrow_mut()));
         let request = connect::build_request(
             &self.route.connect_target(stage.hop).authority(),
             authorization.as_deref(),
             &hop.proxy.headers,
         );
-        self.set_state(State::SentConnect {
+        self.set_state(State::SentConnect(Box::new(Sending {
             deadline,
             stage,
             request,
             written: 0,
-        });
+        })));
     }
 
     /// SentConnect: writes the rest of the request.
     pub(crate) fn write_request(&mut self) -> Progress {
-        let State::SentConnect {
-            request, written, ..
-        } = &mut self.state
-        else {
+        let State::SentConnect(sending) = &mut self.state else {
             return Progress::Idle;
         };
         let Some(up) = self.upstream.as_mut() else {
             return Progress::Idle;
         };
         let mut error = None;
-        while *written < request.len() && up.writable {
-            match up.io.write(&request[*written..]) {
+        while sending.written < sending.request.len() && up.writable {
+            match up.io.write(&sending.request[sending.written..]) {
                 Ok(0) => {
                     error = Some("proxy accepts no more bytes (write returned 0)".to_string());
                     break;
                 }
-                Ok(n) => *written += n,
+                Ok(n) => sending.written += n,
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => up.writable = false,
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
                 Err(e) => {
@@ -209,48 +313,55 @@ impl Tunnel {
         if let Some(why) = error {
             return self.fail(why);
         }
-        if *written < request.len() {
+        if sending.written < sending.request.len() {
             return Progress::Idle;
         }
-        let State::SentConnect {
-            deadline, stage, ..
-        } = std::mem::replace(&mut self.state, State::Forwarding)
+        let State::SentConnect(sending) = std::mem::replace(&mut self.state, State::Forwarding)
         else {
             return Progress::Idle;
         };
-        self.set_state(State::ReadingHeaders {
+        let Sending {
+            deadline, stage, ..
+        } = *sending;
+        let head = HeadBuf::new(&self.upstream_to_client.ring);
+        self.set_state(State::ReadingHeaders(Box::new(Reading {
             deadline,
             stage,
-            head: HeadBuf::new(),
-        });
+            head,
+            drain: None,
+        })));
         Progress::Idle
     }
 
-    /// ReadingHeaders: reads the proxy's answer into the head buffer and
-    /// parses it after every read. Each read takes at most what the
-    /// downstream ring holds, so the bytes after the head (which came in the
-    /// last read) always fit in front of it: none can be lost, whatever the
-    /// ring's size.
-    pub(crate) fn read_answer(&mut self, now: Instant) -> Progress {
-        let max = self.upstream_to_client.ring.free();
-        let State::ReadingHeaders { head: buf, .. } = &mut self.state else {
-            return Progress::Idle;
-        };
-        let Some(up) = self.upstream.as_mut() else {
-            return Progress::Idle;
-        };
-        let parsed = loop {
+    /// ReadingHeaders: reads the proxy's answer, parses it after every
+    /// read, and drains a 407's body that is to be answered on this
+    /// connection.
+    pub(crate) fn read_answer(&mut self, ctx: &mut Ctx<'_>) -> Progress {
+        loop {
+            match self.look_at_answer(ctx) {
+                Step::Done(progress) => return progress,
+                Step::Again => continue,
+                Step::Read => {}
+            }
+            let State::ReadingHeaders(reading) = &mut self.state else {
+                return Progress::Idle;
+            };
+            let Some(up) = self.upstream.as_mut() else {
+                return Progress::Idle;
+            };
             if !up.may_read() {
                 return Progress::Idle;
             }
-            let (n, room) = match buf.read_from(&mut up.io, max) {
+            let ring = &mut self.upstream_to_client.ring;
+            let had = reading.head.len(ring);
+            let (n, room) = match reading.head.read_from(ring, &mut up.io) {
                 Ok(read) => read,
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
                     up.readable = false;
                     return Progress::Idle;
                 }
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
-                Err(e) if buf.len > 0 => {
+                Err(e) if had > 0 || reading.drain.is_some() => {
                     return self.fail(format!(
                         "proxy closed the connection in the middle of its answer: {e}"
                     ))
@@ -258,83 +369,209 @@ impl Tunnel {
                 Err(e) => return self.fail(format!("reading the proxy's answer: {e}")),
             };
             if n == 0 {
-                let why = if buf.len == 0 {
-                    "proxy closed the connection before answering"
-                } else {
-                    "proxy closed the connection in the middle of its answer"
+                return match reading.drain.take() {
+                    // The body of a 407 ended with the connection after all:
+                    // answer on a new one.
+                    Some(p) if !p.same_connection => self.redial(p.answer, ctx),
+                    Some(_) => self.fail(
+                        "proxy closed the connection in the middle of the NTLM handshake".into(),
+                    ),
+                    None if had == 0 => {
+                        self.fail("proxy closed the connection before answering".into())
+                    }
+                    None => {
+                        self.fail("proxy closed the connection in the middle of its answer".into())
+                    }
                 };
-                return self.fail(why.into());
             }
             up.after_read(n, room);
-            match connect::parse_answer(buf.filled()) {
-                Ok(connect::Answer::Partial) => continue,
-                other => break other,
-            }
-        };
-        let head = match parsed {
-            Ok(connect::Answer::Complete(head)) => head,
-            Ok(connect::Answer::Partial) | Err(connect::ParseError::TooLarge) => {
-                return self.fail(format!("proxy answer head over {MAX_HEAD} bytes"))
-            }
-            Err(connect::ParseError::Malformed(why)) => {
-                return self.fail(format!("bad proxy answer: {why}"))
-            }
-        };
-        let State::ReadingHeaders {
-            deadline,
-            stage,
-            head: buf,
-        } = std::mem::replace(&mut self.state, State::Forwarding)
-        else {
-            return Progress::Idle;
-        };
-        let rest = &buf.filled()[head.head_len..];
-        if connect::is_success(head.status) {
-            // Fits: `rest` came in the last read, of at most `max` bytes.
-            let pushed = self.upstream_to_client.ring.push(rest);
-            debug_assert_eq!(pushed, rest.len(), "bytes after the head must fit the ring");
-            debug!("{}: proxy answered \"{}\"", self.prefix(), head.status_line);
-            self.start_forwarding(now);
-            return Progress::Idle;
         }
-        let rest_len = rest.len();
-        drop(buf);
-        self.refused(stage, deadline, &head, rest_len)
     }
 
-    /// A non-2xx answer: a 407 the hop's session can answer is answered on
-    /// the same connection when nothing of its body is left to drain;
-    /// anything else ends the attempt.
-    fn refused(
-        &mut self,
-        mut stage: HopStage,
-        deadline: Instant,
-        head: &Head,
-        rest: usize,
-    ) -> Progress {
-        let mut why = format!("proxy answered \"{}\"", head.status_line);
-        if head.status == 407 {
-            match stage
-                .auth
-                .challenged(&self.route.hops[stage.hop].proxy, head)
-            {
-                Next::Answer(value) => {
-                    let body_done = head.content_length == Some(0) && rest == 0;
-                    if body_done && !head.connection_close {
-                        self.send_connect(stage, deadline, Some(value));
-                        return Progress::Idle;
-                    }
-                    why.push_str(
-                        ": answering it needs a fresh connection or its body drained, not done yet",
-                    );
+    /// Works on the bytes of the answer read so far.
+    fn look_at_answer(&mut self, ctx: &mut Ctx<'_>) -> Step {
+        let State::ReadingHeaders(reading) = &mut self.state else {
+            return Step::Done(Progress::Idle);
+        };
+        let ring = &mut self.upstream_to_client.ring;
+        if let Some(Pending { body: drain, .. }) = &mut reading.drain {
+            let (a, b) = reading.head.parts(ring);
+            let fed = drain.feed(a).and_then(|n| {
+                if n < a.len() || drain.is_done() {
+                    Ok(n)
+                } else {
+                    drain.feed(b).map(|m| n + m)
                 }
-                Next::GiveUp(text) => {
-                    why.push_str(": ");
-                    why.push_str(&text);
+            });
+            let used = match fed {
+                Ok(n) => n,
+                Err(why) => {
+                    let why = format!("proxy answered with a 407 whose body is unusable: {why}");
+                    return Step::Done(self.refuse(why));
                 }
+            };
+            reading.head.consume(ring, used);
+            if !drain.is_done() {
+                return Step::Read;
             }
+            // The proxy has nothing to say before our next request; anything
+            // it sent anyway is not an answer to it.
+            let extra = reading.head.len(ring);
+            reading.head.consume(ring, extra);
+            if extra > 0 {
+                debug!(
+                    "{}: {extra} bytes after the 407's body dropped",
+                    self.prefix()
+                );
+            }
+            let State::ReadingHeaders(reading) =
+                std::mem::replace(&mut self.state, State::Forwarding)
+            else {
+                return Step::Done(Progress::Idle);
+            };
+            let Reading {
+                deadline,
+                stage,
+                drain,
+                ..
+            } = *reading;
+            let answer = drain.map(|p| p.answer);
+            self.send_connect(stage, deadline, answer);
+            return Step::Done(Progress::Idle);
         }
+        if reading.head.len(ring) == 0 {
+            return Step::Read;
+        }
+        let head = match connect::parse_answer(reading.head.parts(ring).0) {
+            Ok(connect::Answer::Complete(head)) => head,
+            Ok(connect::Answer::Partial) if reading.head.len(ring) <= MAX_HEAD => {
+                return Step::Read
+            }
+            Ok(connect::Answer::Partial) | Err(connect::ParseError::TooLarge) => {
+                return Step::Done(self.fail(format!("proxy answer head over {MAX_HEAD} bytes")))
+            }
+            Err(connect::ParseError::Malformed(why)) => {
+                return Step::Done(self.fail(format!("bad proxy answer: {why}")))
+            }
+        };
+        self.answered(head, ctx)
+    }
+
+    /// A complete answer head: a 2xx opens the tunnel, a 407 may be
+    /// answered, anything else ends the attempt.
+    fn answered(&mut self, head: Head, ctx: &mut Ctx<'_>) -> Step {
+        let route = std::rc::Rc::clone(&self.route);
+        let State::ReadingHeaders(reading) = &mut self.state else {
+            return Step::Done(Progress::Idle);
+        };
+        let hop = &route.hops[reading.stage.hop];
+        if connect::is_success(head.status) {
+            let State::ReadingHeaders(reading) =
+                std::mem::replace(&mut self.state, State::Forwarding)
+            else {
+                return Step::Done(Progress::Idle);
+            };
+            let Reading {
+                mut stage,
+                head: buf,
+                ..
+            } = *reading;
+            buf.into_ring(&mut self.upstream_to_client.ring, head.head_len);
+            stage.auth.succeeded(&mut hop.learnt.borrow_mut());
+            debug!("{}: proxy answered \"{}\"", self.prefix(), head.status_line);
+            self.start_forwarding(ctx.now, stage.auth.sent());
+            return Step::Done(Progress::Idle);
+        }
+        let quoted = format!("proxy answered \"{}\"", head.status_line);
+        if head.status != 407 {
+            return Step::Done(self.refuse(quoted));
+        }
+        let next = reading
+            .stage
+            .auth
+            .challenged(&hop.proxy, &mut hop.learnt.borrow_mut(), &head);
+        let (answer, same_connection) = match next {
+            Next::GiveUp(why) => return Step::Done(self.refuse(format!("{quoted}: {why}"))),
+            Next::Answer {
+                value,
+                same_connection,
+            } => (value, same_connection),
+        };
+        let round = reading.stage.auth.rounds();
+        let body = match (head.connection_close, head.chunked, head.content_length) {
+            (false, true, _) => Some(BodyDrain::chunked()),
+            (false, false, Some(n)) if n <= MAX_BODY => Some(BodyDrain::length(n)),
+            (false, false, Some(_)) => {
+                let why = format!("{quoted}: its body is over {} MiB", MAX_BODY >> 20);
+                return Step::Done(self.refuse(why));
+            }
+            // Closed after it, or a body up to the close: a new connection.
+            _ => None,
+        };
+        debug!("{}: {quoted}: answering (round {round})", self.prefix());
+        let State::ReadingHeaders(reading) = &mut self.state else {
+            return Step::Done(Progress::Idle);
+        };
+        Step::Done(match body {
+            Some(body) => {
+                let ring = &mut self.upstream_to_client.ring;
+                reading.head.consume(ring, head.head_len);
+                reading.drain = Some(Pending {
+                    body,
+                    answer,
+                    same_connection,
+                });
+                return Step::Again;
+            }
+            None if same_connection => self.refuse(format!(
+                "{quoted}: the proxy closes the connection in the middle of the NTLM handshake"
+            )),
+            None => self.redial(answer, ctx),
+        })
+    }
+
+    /// Ends the attempt on a proxy's refusal (logged at warn).
+    fn refuse(&mut self, why: String) -> Progress {
         self.set_state(State::Closing(Reason::Refused(why)));
         Progress::Finished
+    }
+
+    /// Answers a 407 on a new connection to the same proxy address, within
+    /// the same deadline.
+    fn redial(&mut self, answer: String, ctx: &mut Ctx<'_>) -> Progress {
+        let peer = self
+            .upstream
+            .as_ref()
+            .and_then(|u| u.io.tcp().peer_addr().ok());
+        let placeholder = State::Closing(Reason::Shutdown);
+        let State::ReadingHeaders(reading) = std::mem::replace(&mut self.state, placeholder) else {
+            return Progress::Idle;
+        };
+        let Reading {
+            deadline, stage, ..
+        } = *reading;
+        let Some(peer) = peer else {
+            return self.fail("the proxy's address is gone, cannot dial it again".into());
+        };
+        if stage.hop != 0 {
+            return self.fail(format!(
+                "hop {} wants a new connection, which needs the hops before it again",
+                stage.hop + 1
+            ));
+        }
+        // The old socket is closed first, so the new one reuses its descriptor.
+        self.upstream = None;
+        self.upstream_to_client
+            .ring
+            .consume(self.upstream_to_client.ring.len());
+        debug!(
+            "{}: answering the 407 on a new connection to {peer}",
+            self.prefix()
+        );
+        let progress = self.dial_from(vec![peer], 0, deadline, &mut None, None, ctx);
+        if let State::Dialing { resume, .. } = &mut self.state {
+            *resume = Some(Box::new(Resume { stage, answer }));
+        }
+        progress
     }
 }
