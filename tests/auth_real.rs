@@ -93,7 +93,12 @@ fn tunnel_through(run: &Running, port: u16, seed: u64, len: usize, nth: usize) -
         &format!("tunnel {nth} through port {port}"),
     );
     drop(client);
-    run.wait_log_count(&format!("closed up={len} down={len} "), nth, IO_TIMEOUT);
+    let closes = run.wait_log_count(": closed up=", nth, IO_TIMEOUT);
+    assert!(
+        closes[nth - 1].contains(&format!("closed up={len} down={len} ")),
+        "tunnel {nth} counted every byte: {}",
+        closes[nth - 1]
+    );
     let opens = run.wait_log_count(": open, ", nth, IO_TIMEOUT);
     opens[nth - 1].clone()
 }
@@ -459,17 +464,17 @@ fn squid_basic_wrong_password_one_refusal_line() {
     run.assert_alive();
 }
 
-/// Exactly one line of the log mentions 407; it is a refusal of the
+/// Exactly one `failed:` line in the log; it is a refusal of the
 /// credentials naming `scheme`. Returns it.
 fn assert_one_refusal(run: &Running, scheme: &str) -> String {
-    let line = run.wait_log("407", IO_TIMEOUT);
+    let line = run.wait_log("failed:", IO_TIMEOUT);
     // Let a second line, if any is coming, arrive.
     thread::sleep(Duration::from_millis(300));
-    let lines = run.log_lines("407");
+    let lines = run.log_lines("failed:");
     assert_eq!(
         lines.len(),
         1,
-        "one line mentioning 407 for one refused tunnel:\n{}",
+        "one failed line for one refused tunnel:\n{}",
         run.log()
     );
     assert!(
@@ -591,10 +596,12 @@ fn squid_digest_stale_nonce_is_answered_at_once() {
     );
     wait_access(&squid, "TCP_TUNNEL/200", 6);
     let denied = access_count(&squid, "TCP_DENIED/407");
+    // One 407 to learn Digest (to the pre-emptive Basic), then one each time
+    // the nonce has served its uses: at least one stale nonce was met, and
+    // most tunnels went through on their first request.
     assert!(
-        denied <= 7,
-        "one 407 to learn Digest and at most one per tunnel for a stale nonce, squid saw \
-         {denied}:\n{}",
+        (2..=4).contains(&denied),
+        "one 407 to learn Digest and one per stale nonce, squid saw {denied}:\n{}",
         squid.access_log()
     );
 }
@@ -748,9 +755,10 @@ fn auto_picks_ntlm_over_digest() {
 // ---------------------------------------------------------------------------
 
 /// 20 tunnels open at the same time through squid demanding `scheme`
-/// (`auto` with credentials, from a cold start: each tunnel discovers or
-/// learns the scheme as it goes), each echoing 256 KiB byte-exact; a
-/// barrier holds every client until all are done.
+/// (`auto` with credentials), each echoing 256 KiB byte-exact, a barrier
+/// holding every client until all are done; twice: from a cold start (each
+/// tunnel discovers or learns the scheme as it goes), then with the scheme
+/// learnt.
 fn twenty_concurrent(scheme: SquidScheme) {
     const CLIENTS: usize = 20;
     let (user, password) = match scheme {
@@ -768,50 +776,64 @@ fn twenty_concurrent(scheme: SquidScheme) {
         &["-v"],
     );
     let len = 256 * 1024;
-    let start_line = Arc::new(Barrier::new(CLIENTS));
-    let finish_line = Arc::new(Barrier::new(CLIENTS));
-    let clients: Vec<_> = (0..CLIENTS as u64)
-        .map(|i| {
-            let start_line = start_line.clone();
-            let finish_line = finish_line.clone();
-            thread::spawn(move || {
-                start_line.wait();
-                let client = connect_port(port);
-                let r = std::panic::catch_unwind(|| {
-                    echo_exchange(&client, 100 + i, len, &format!("{scheme:?} tunnel {i}"))
-                });
-                // Close only when every tunnel is done, even a failed one.
-                finish_line.wait();
-                if let Err(e) = r {
-                    std::panic::resume_unwind(e);
-                }
+    // Wave 1 from a cold start; wave 2 once the entry has learnt the scheme
+    // (for Digest: 20 tunnels reusing one nonce at once, so their nc values
+    // reach squid out of order and it calls the nonce stale).
+    for wave in 0..2u64 {
+        let start_line = Arc::new(Barrier::new(CLIENTS));
+        let finish_line = Arc::new(Barrier::new(CLIENTS));
+        let clients: Vec<_> = (0..CLIENTS as u64)
+            .map(|i| {
+                let start_line = start_line.clone();
+                let finish_line = finish_line.clone();
+                thread::spawn(move || {
+                    start_line.wait();
+                    let client = connect_port(port);
+                    let r = std::panic::catch_unwind(|| {
+                        echo_exchange(
+                            &client,
+                            100 * (wave + 1) + i,
+                            len,
+                            &format!("{scheme:?} wave {wave} tunnel {i}"),
+                        )
+                    });
+                    // Close only when every tunnel is done, even a failed one.
+                    finish_line.wait();
+                    if let Err(e) = r {
+                        std::panic::resume_unwind(e);
+                    }
+                })
             })
-        })
-        .collect();
-    let mut failures = Vec::new();
-    for (i, c) in clients.into_iter().enumerate() {
-        if let Err(e) = c.join() {
-            let msg = e
-                .downcast_ref::<String>()
-                .cloned()
-                .or_else(|| e.downcast_ref::<&str>().map(|s| s.to_string()))
-                .unwrap_or_default();
-            failures.push(format!("client {i}: {msg}"));
+            .collect();
+        let mut failures = Vec::new();
+        for (i, c) in clients.into_iter().enumerate() {
+            if let Err(e) = c.join() {
+                let msg = e
+                    .downcast_ref::<String>()
+                    .cloned()
+                    .or_else(|| e.downcast_ref::<&str>().map(|s| s.to_string()))
+                    .unwrap_or_default();
+                failures.push(format!("client {i}: {msg}"));
+            }
         }
+        assert!(
+            failures.is_empty(),
+            "{scheme:?} wave {wave}: {}\n{}\n{}",
+            failures.join("\n"),
+            tail(&run.log(), 60),
+            squid.access_log()
+        );
+        run.wait_log_count(
+            &format!("closed up={len} down={len} "),
+            CLIENTS * (wave as usize + 1),
+            IO_TIMEOUT,
+        );
     }
-    assert!(
-        failures.is_empty(),
-        "{scheme:?}: {}\n{}\n{}",
-        failures.join("\n"),
-        tail(&run.log(), 60),
-        squid.access_log()
-    );
     assert!(
         backend.max_active() >= CLIENTS,
         "{scheme:?}: only {} tunnels were open at once",
         backend.max_active()
     );
-    run.wait_log_count(&format!("closed up={len} down={len} "), CLIENTS, IO_TIMEOUT);
     assert!(
         run.log_lines("failed").is_empty(),
         "{scheme:?}: no tunnel failed:\n{}",
