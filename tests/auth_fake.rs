@@ -1253,3 +1253,43 @@ fn the_checkers_accept_the_librarys_own_messages() {
     assert!(check_authenticate(&ntlm::header_value(&m), &ch, "jdoe", "CORP", "other").is_err());
     assert!(check_authenticate(&ntlm::header_value(&m), &ch, "jane", "CORP", "pw").is_err());
 }
+
+/// What an entry learnt is forgotten when the entry changes in a reload:
+/// after two tunnels through an NTLM-only proxy (the second starting with
+/// negotiate), the entry's password changes; the next tunnel starts over
+/// with the pre-emptive Basic, then NTLM again.
+#[test]
+fn a_changed_entry_forgets_the_learnt_scheme() {
+    let mut setup = Setup::new(ntlm_only_proxy, "auth=\"CORP\\jdoe:pw\"");
+    setup.assert_tunnel_works(50);
+    setup.assert_tunnel_works(51);
+    let config = std::fs::read_to_string(&setup.ht.config_path).expect("read config");
+    let changed = config.replace("CORP\\jdoe:pw", "CORP\\jdoe:pw2");
+    assert_ne!(config, changed);
+    std::fs::write(&setup.ht.config_path, changed).expect("write config");
+    setup.ht.signal(libc::SIGHUP);
+    setup.ht.wait_log("1 changed", IO_TIMEOUT);
+    setup.assert_tunnel_works(52);
+    let auths = setup.authorizations();
+    let schemes: Vec<&str> = auths
+        .iter()
+        .map(|a| a.as_deref().map(scheme_of).unwrap_or("-"))
+        .collect();
+    assert_eq!(
+        schemes,
+        ["Basic", "NTLM", "NTLM", "NTLM", "NTLM", "Basic", "NTLM", "NTLM"],
+        "learnt NTLM for tunnel 2, forgotten after the change\n{}",
+        setup.what_happened()
+    );
+    ok_or_story(
+        check_authenticate(
+            auths[7].as_deref().unwrap_or_default(),
+            &test_challenge(),
+            "jdoe",
+            "CORP",
+            "pw2",
+        ),
+        "the new password is used",
+        &setup,
+    );
+}

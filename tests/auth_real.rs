@@ -965,3 +965,80 @@ fn measure_handshake_times() {
         println!("{r}");
     }
 }
+
+// ---------------------------------------------------------------------------
+// Where the credentials come from; no credentials
+// ---------------------------------------------------------------------------
+
+/// Digest with the credentials in the proxy URL (percent-encoded), NTLM
+/// with them in an auth-file (`DOMAIN\user:password`, mode 0600, no quoting
+/// needed in a file): both tunnels work and name their scheme.
+#[test]
+fn squid_digest_from_the_url_and_ntlm_from_an_auth_file() {
+    let backend = echo_backend();
+    let Some(squid) = RealProxy::squid_digest_auth(USER, PASSWORD) else {
+        return;
+    };
+    let port = free_port();
+    let config = format!(
+        "127.0.0.1:{port} {} {} http://{USER}:{}@127.0.0.1:{}\n",
+        backend.addr.ip(),
+        backend.addr.port(),
+        PASSWORD.replace('@', "%40"),
+        squid.port()
+    );
+    let run = spawn_binary(&config);
+    assert_open_with(&tunnel_through(&run, port, 60, 64 * 1024, 1), "Digest");
+    assert_no_secret(&run, USER, PASSWORD);
+    drop(run);
+
+    let Some(squid) = RealProxy::squid_ntlm_fake_auth() else {
+        return;
+    };
+    let cred = write_temp("proxy.auth", &format!("{NTLM_USER}:{NTLM_PASSWORD}\n"));
+    std::fs::set_permissions(&cred, std::os::unix::fs::PermissionsExt::from_mode(0o600))
+        .expect("chmod auth-file");
+    let (run, port) = forwarder(
+        backend.addr,
+        squid.port(),
+        &format!("auth-file={} auth-scheme=ntlm", cred.display()),
+        &["-v"],
+    );
+    assert_open_with(&tunnel_through(&run, port, 61, 64 * 1024, 1), "NTLM");
+    wait_access(&squid, "TCP_TUNNEL/200", 1);
+    assert!(
+        squid.access_log().contains("jdoe"),
+        "squid authenticated the user of the auth-file:\n{}",
+        squid.access_log()
+    );
+    assert_no_secret(&run, NTLM_USER, NTLM_PASSWORD);
+    remove_temp(&cred);
+}
+
+/// No credentials at all through squid offering NTLM and Digest: one line
+/// says the proxy wants credentials and lists both schemes.
+#[test]
+fn squid_without_credentials_lists_the_offered_schemes() {
+    let Some(squid) = RealProxy::squid_auth(
+        &[SquidScheme::Digest, SquidScheme::NtlmFake],
+        USER,
+        PASSWORD,
+    ) else {
+        return;
+    };
+    let backend = echo_backend();
+    let (run, port) = forwarder(backend.addr, squid.port(), "", &[]);
+    expect_refused(port, Duration::from_secs(20), "client without credentials");
+    let line = run.wait_log("failed:", IO_TIMEOUT);
+    thread::sleep(Duration::from_millis(300));
+    assert_eq!(run.log_lines("failed:").len(), 1, "{}", run.log());
+    let offered = line
+        .split("the proxy wants credentials (offered: ")
+        .nth(1)
+        .unwrap_or_else(|| panic!("says the proxy wants credentials: {line}"));
+    assert!(
+        offered.contains("NTLM") && offered.contains("Digest"),
+        "lists both schemes: {line}"
+    );
+    assert_eq!(backend.accepted(), 0, "nothing reached the destination");
+}
