@@ -926,6 +926,7 @@ fn a_407_with_a_2_mib_body_ends_with_one_clear_line_and_bounded_memory() {
         );
     }
     let peak = peak_rss_kib(setup.ht.pid());
+    eprintln!("peak RSS of the binary after two 2 MiB 407 bodies: {peak} KiB");
     assert!(
         peak < 20 * 1024,
         "peak RSS {peak} KiB while draining 2 MiB bodies"
