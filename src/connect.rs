@@ -494,15 +494,23 @@ impl BodyDrain {
                         size: size << 4 | u64::from(d),
                         digits: digits + 1,
                     },
-                    Some(_) => return Err("chunk size too large".into()),
-                    None if digits == 0 => return Err("chunk size missing".into()),
+                    Some(_) => {
+                        return Err("its chunked body is malformed (chunk size too large)".into())
+                    }
+                    None if digits == 0 => {
+                        return Err("its chunked body is malformed (chunk size missing)".into())
+                    }
                     None => Self::after_size(size, b)?,
                 },
                 Drain::SizeRest { size } => Self::after_size(size, b)?,
                 Drain::DataEnd => match b {
                     b'\r' => Drain::DataEnd,
                     b'\n' => Drain::Size { size: 0, digits: 0 },
-                    _ => return Err("no line end after chunk data".into()),
+                    _ => {
+                        return Err(
+                            "its chunked body is malformed (no line end after chunk data)".into(),
+                        )
+                    }
                 },
                 Drain::TrailerStart => match b {
                     b'\r' => Drain::TrailerStart,
@@ -533,7 +541,9 @@ impl BodyDrain {
                 Drain::Data(size)
             }
             b if b.is_ascii_control() && b != b'\r' && b != b'\t' => {
-                return Err("control character in a chunk-size line".into())
+                return Err(
+                    "its chunked body is malformed (control character in a chunk-size line)".into(),
+                )
             }
             _ => Drain::SizeRest { size },
         })

@@ -17,6 +17,7 @@ pub mod reactor;
 pub mod reload;
 pub mod resolve;
 pub mod ring;
+pub mod tls;
 pub mod transport;
 pub mod tunnel;
 

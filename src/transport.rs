@@ -18,6 +18,8 @@ use std::net::Shutdown;
 
 use mio::net::TcpStream;
 
+use crate::tls::TlsStream;
+
 /// What a transport needs from its socket before it can make progress of
 /// its own, apart from the caller's reads and writes: a TLS session in its
 /// handshake wants to read or write records; one with encrypted bytes not
@@ -35,6 +37,9 @@ pub struct Wants {
 pub enum Transport {
     /// Bytes go straight to the socket.
     Tcp(TcpStream),
+    /// Bytes go through a TLS session to an `https://` proxy (boxed: a
+    /// session is large, and only tunnels through such a proxy have one).
+    Tls(Box<TlsStream>),
 }
 
 impl Transport {
@@ -43,6 +48,7 @@ impl Transport {
     pub fn tcp(&self) -> &TcpStream {
         match self {
             Transport::Tcp(s) => s,
+            Transport::Tls(t) => t.tcp(),
         }
     }
 
@@ -50,6 +56,15 @@ impl Transport {
     pub fn tcp_mut(&mut self) -> &mut TcpStream {
         match self {
             Transport::Tcp(s) => s,
+            Transport::Tls(t) => t.tcp_mut(),
+        }
+    }
+
+    /// Whether a TLS handshake is going on (its failures are worded so).
+    pub fn is_handshaking(&self) -> bool {
+        match self {
+            Transport::Tcp(_) => false,
+            Transport::Tls(t) => t.is_handshaking(),
         }
     }
 
@@ -57,6 +72,10 @@ impl Transport {
     pub fn wants(&self) -> Wants {
         match self {
             Transport::Tcp(_) => Wants::default(),
+            Transport::Tls(t) => Wants {
+                read: false,
+                write: t.wants_write(),
+            },
         }
     }
 
@@ -65,6 +84,7 @@ impl Transport {
     pub fn read_buffered(&self) -> bool {
         match self {
             Transport::Tcp(_) => false,
+            Transport::Tls(t) => t.read_buffered(),
         }
     }
 
@@ -76,6 +96,7 @@ impl Transport {
     pub fn shutdown_write(&mut self) -> io::Result<()> {
         match self {
             Transport::Tcp(s) => s.shutdown(Shutdown::Write),
+            Transport::Tls(t) => t.shutdown_write(),
         }
     }
 }
@@ -85,6 +106,7 @@ impl Read for Transport {
     fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
         match self {
             Transport::Tcp(s) => s.read(buf),
+            Transport::Tls(t) => t.read(buf),
         }
     }
 
@@ -92,6 +114,7 @@ impl Read for Transport {
     fn read_vectored(&mut self, bufs: &mut [IoSliceMut<'_>]) -> io::Result<usize> {
         match self {
             Transport::Tcp(s) => s.read_vectored(bufs),
+            Transport::Tls(t) => t.read_vectored(bufs),
         }
     }
 }
@@ -101,6 +124,7 @@ impl Write for Transport {
     fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
         match self {
             Transport::Tcp(s) => s.write(buf),
+            Transport::Tls(t) => t.write(buf),
         }
     }
 
@@ -108,6 +132,7 @@ impl Write for Transport {
     fn write_vectored(&mut self, bufs: &[IoSlice<'_>]) -> io::Result<usize> {
         match self {
             Transport::Tcp(s) => s.write_vectored(bufs),
+            Transport::Tls(t) => t.write_vectored(bufs),
         }
     }
 
@@ -115,6 +140,7 @@ impl Write for Transport {
     fn flush(&mut self) -> io::Result<()> {
         match self {
             Transport::Tcp(s) => s.flush(),
+            Transport::Tls(t) => t.flush(),
         }
     }
 }

@@ -100,7 +100,13 @@ impl Tunnel {
         }
         match result {
             Err(fault) => self.end_with(fault),
-            Ok(()) if self.client_to_upstream.dst_shut && self.upstream_to_client.dst_shut => {
+            // Both shut, and nothing the transport still holds for the
+            // upstream socket (TLS records after a full send buffer).
+            Ok(())
+                if self.client_to_upstream.dst_shut
+                    && self.upstream_to_client.dst_shut
+                    && !upstream.io.wants().write =>
+            {
                 self.set_state(State::Closing(Reason::Eof));
                 Progress::Finished
             }

@@ -11,6 +11,8 @@
 //! An error or hang-up hint also sets `fault_hint`, so the pending socket
 //! error is looked at even when neither side wants to read or write.
 
+use std::io::{self, Write};
+
 use mio::event::Event;
 
 use crate::transport::Transport;
@@ -54,6 +56,23 @@ impl Endpoint {
         if event.is_error() || (event.is_read_closed() && event.is_write_closed()) {
             self.fault_hint = true;
         }
+    }
+
+    /// Writes what the transport holds for the socket (TLS records) while
+    /// the socket is writable; nothing to do for plain TCP. Records left
+    /// for a full socket go out at its next writable edge.
+    ///
+    /// # Errors
+    /// A write error of the socket.
+    #[inline]
+    pub(crate) fn flush_pending(&mut self) -> io::Result<()> {
+        if self.writable && self.io.wants().write {
+            match self.io.flush() {
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => self.writable = false,
+                other => other?,
+            }
+        }
+        Ok(())
     }
 
     /// Whether a read may bring bytes: the socket is readable, or the

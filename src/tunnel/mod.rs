@@ -360,6 +360,17 @@ impl Tunnel {
         if let Some(fault) = self.take_fault() {
             return self.end_with(fault);
         }
+        if let Some(up) = self.upstream.as_mut() {
+            if let Err(error) = up.flush_pending() {
+                return match self.state {
+                    State::Forwarding => self.end_with(Fault {
+                        side: Side::Upstream,
+                        error,
+                    }),
+                    _ => self.fail(format!("sending to the proxy: {error}")),
+                };
+            }
+        }
         loop {
             let before = std::mem::discriminant(&self.state);
             let progress = match self.state {
@@ -424,16 +435,18 @@ impl Tunnel {
         Progress::Finished
     }
 
-    /// Enters Forwarding; `auth` is the scheme the proxy accepted, if any.
-    fn start_forwarding(&mut self, now: Instant, auth: Option<auth::Scheme>) {
+    /// Enters Forwarding; `auth` has, per hop, the scheme it accepted.
+    fn start_forwarding(&mut self, now: Instant, auth: &[Option<auth::Scheme>]) {
         self.forwarding_since = Some(now);
         self.last_activity = now;
         self.set_state(State::Forwarding);
         let dial = self.connected.unwrap_or(now) - self.accepted;
         let handshake = now - self.connected.unwrap_or(now);
-        let auth = match auth {
-            Some(scheme) => format!(", auth {}", scheme.name()),
-            None => String::new(),
+        let auth = if auth.iter().all(Option::is_none) {
+            String::new()
+        } else {
+            let names: Vec<&str> = auth.iter().map(|s| s.map_or("-", |s| s.name())).collect();
+            format!(", auth {}", names.join(">"))
         };
         info!(
             "{}: open, dial {}, handshake {}{auth}",

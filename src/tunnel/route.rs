@@ -8,6 +8,7 @@
 
 use std::cell::RefCell;
 use std::net::{IpAddr, SocketAddr};
+use std::sync::Arc;
 
 use crate::auth::Learnt;
 use crate::config::{Entry, HostPort, Proxy};
@@ -20,6 +21,8 @@ pub struct Hop {
     /// What the entry's tunnels learnt about authenticating to it (the
     /// reactor is single-threaded; a tunnel borrows it only inside a call).
     pub learnt: RefCell<Learnt>,
+    /// For an `https://` proxy: the TLS settings to speak to it with.
+    pub tls: Option<Arc<rustls::ClientConfig>>,
 }
 
 /// The hops of one entry and where they lead.
@@ -42,6 +45,7 @@ impl Route {
             .map(|p| Hop {
                 proxy: p.clone(),
                 learnt: RefCell::default(),
+                tls: None,
             })
             .collect();
         let mut route = Route {

@@ -22,6 +22,7 @@ use crate::auth::{self, Next};
 use crate::connect::{self, BodyDrain, Head, MAX_BODY, MAX_HEAD};
 use crate::net;
 use crate::ring::{Lent, Ring};
+use crate::tls::TlsStream;
 use crate::transport::Transport;
 
 /// A hop being negotiated: which one, and its authentication so far.
@@ -31,6 +32,18 @@ pub struct HopStage {
     pub hop: usize,
     /// The hop's authentication across its rounds.
     pub auth: auth::Session,
+    /// The schemes the hops before it authenticated with (for the open line).
+    pub earlier: Vec<Option<auth::Scheme>>,
+}
+
+impl HopStage {
+    fn first(route: &super::Route) -> HopStage {
+        HopStage {
+            hop: 0,
+            auth: auth::Session::new(route.connect_target(0).authority()),
+            earlier: Vec::new(),
+        }
+    }
 }
 
 /// SentConnect's data: the request being written.
@@ -56,6 +69,8 @@ pub struct Reading {
 #[derive(Debug)]
 struct Pending {
     body: BodyDrain,
+    /// `proxy answered "..."`, for the line if the body is unusable.
+    quoted: String,
     answer: String,
     /// The answer must go on this connection (NTLM's authenticate message).
     same_connection: bool,
@@ -254,17 +269,50 @@ impl Tunnel {
                 let Resume { stage, answer } = *r;
                 self.send_connect(stage, deadline, Some(answer));
             }
-            None if self.route.hops.is_empty() => self.start_forwarding(ctx.now, None),
+            None if self.route.hops.is_empty() => self.start_forwarding(ctx.now, &[]),
             None => {
-                let target = self.route.connect_target(0).authority();
-                let stage = HopStage {
-                    hop: 0,
-                    auth: auth::Session::new(target),
-                };
+                if let Err(e) = self.upgrade(0) {
+                    return self.fail(e);
+                }
+                let stage = HopStage::first(&self.route);
                 self.send_connect(stage, deadline, None);
             }
         }
         Progress::Idle
+    }
+
+    /// Wraps the upstream connection in TLS when hop `hop` is an
+    /// `https://` proxy (the connection is the socket for the first hop,
+    /// the tunnel through the hop before it for a later one).
+    fn upgrade(&mut self, hop: usize) -> Result<(), String> {
+        let Some(config) = self.route.hops[hop].tls.clone() else {
+            return Ok(());
+        };
+        let host = &self.route.hops[hop].proxy.addr.host;
+        let Some(up) = self.upstream.take() else {
+            return Err("no connection to the proxy".into());
+        };
+        let Endpoint {
+            io,
+            readable,
+            writable,
+            read_closed,
+            fault_hint,
+        } = up;
+        let tls = TlsStream::new(io, config, host).map_err(|e| {
+            format!(
+                "TLS to {}: {e}",
+                self.route.hops[hop].proxy.addr.authority()
+            )
+        })?;
+        self.upstream = Some(Endpoint {
+            io: Transport::Tls(Box::new(tls)),
+            readable,
+            writable,
+            read_closed,
+            fault_hint,
+        });
+        Ok(())
     }
 
     /// Enters SentConnect for `stage`'s hop with a request of its own: the
@@ -394,7 +442,12 @@ impl Tunnel {
             return Step::Done(Progress::Idle);
         };
         let ring = &mut self.upstream_to_client.ring;
-        if let Some(Pending { body: drain, .. }) = &mut reading.drain {
+        if let Some(Pending {
+            body: drain,
+            quoted,
+            ..
+        }) = &mut reading.drain
+        {
             let (a, b) = reading.head.parts(ring);
             let fed = drain.feed(a).and_then(|n| {
                 if n < a.len() || drain.is_done() {
@@ -406,7 +459,7 @@ impl Tunnel {
             let used = match fed {
                 Ok(n) => n,
                 Err(why) => {
-                    let why = format!("proxy answered with a 407 whose body is unusable: {why}");
+                    let why = format!("{quoted}: {why}");
                     return Step::Done(self.refuse(why));
                 }
             };
@@ -472,14 +525,40 @@ impl Tunnel {
                 return Step::Done(Progress::Idle);
             };
             let Reading {
+                deadline,
                 mut stage,
                 head: buf,
                 ..
             } = *reading;
             buf.into_ring(&mut self.upstream_to_client.ring, head.head_len);
             stage.auth.succeeded(&mut hop.learnt.borrow_mut());
-            debug!("{}: proxy answered \"{}\"", self.prefix(), head.status_line);
-            self.start_forwarding(ctx.now, stage.auth.sent());
+            debug!(
+                "{}: hop {} answered \"{}\"",
+                self.prefix(),
+                stage.hop + 1,
+                head.status_line
+            );
+            let mut schemes = stage.earlier;
+            schemes.push(stage.auth.sent());
+            let next = stage.hop + 1;
+            if next == route.hops.len() {
+                self.start_forwarding(ctx.now, &schemes);
+                return Step::Done(Progress::Idle);
+            }
+            // A chain: through this hop's tunnel, the next hop. Bytes after
+            // this 2xx would be the next hop speaking before our request,
+            // which no proxy does: they are dropped, not taken as its answer.
+            let ring = &mut self.upstream_to_client.ring;
+            ring.consume(ring.len());
+            if let Err(e) = self.upgrade(next) {
+                return Step::Done(self.fail(e));
+            }
+            let stage = HopStage {
+                hop: next,
+                auth: auth::Session::new(route.connect_target(next).authority()),
+                earlier: schemes,
+            };
+            self.send_connect(stage, deadline, None);
             return Step::Done(Progress::Idle);
         }
         let quoted = format!("proxy answered \"{}\"", head.status_line);
@@ -518,6 +597,7 @@ impl Tunnel {
                 reading.head.consume(ring, head.head_len);
                 reading.drain = Some(Pending {
                     body,
+                    quoted,
                     answer,
                     same_connection,
                 });
