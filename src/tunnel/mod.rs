@@ -10,26 +10,28 @@
 //! A tunnel is an optional client-side stage (today none: the destination
 //! is the entry's; a SOCKS or HTTP request from the client goes in
 //! `Accepting`), then the upstream stages hop by hop ([`upstream`]: dial
-//! with address fallback, room for a transport upgrade, the request, the
-//! answer head, authentication rounds), then the duplex core ([`duplex`]).
+//! with address fallback, TLS for an `https://` hop, the request, the
+//! answer head, authentication rounds, the next hop of a chain), then the
+//! duplex core ([`duplex`]).
 //!
 //! ```text
-//!                 first hop is a name           all addresses failed,
-//!   accept ──► Accepting ──(resolved)──┐        timeout, resolve error
-//!                 │ first hop is an IP  ▼        ┌──────────────────────►  Closing(Failed)
-//!                 └──────────────► Dialing ──────┤
-//!                                    │ connected │ (direct entry)
-//!                       (proxied)    ▼           └──────────────┐
-//!        ┌──────────────────────► SentConnect{hop, request}     │
-//!        │ 407 answered               │ request written         │
-//!        │ (auth::Session)            ▼                         │
-//!        └─────────────────────── ReadingHeaders{hop, head} ────┼──► Closing(Refused/Failed)
-//!                                     │ 2xx: bytes after the    │    non-2xx, bad head,
-//!                                     ▼ head go to the ring     │    close, timeout
-//!                                 Forwarding ◄──────────────────┘
-//!                                     │ both directions shut,
-//!                                     ▼ reset, error, idle
-//!                                  Closing(reason)
+//!                 first hop is a name            all addresses failed,
+//!   accept ──► Accepting ──(resolved)──┐         timeout, resolve error
+//!                 │ first hop is an IP  ▼         ┌─────────────────────►  Closing(Failed)
+//!                 └──────────────► Dialing ───────┤
+//!          407, connection not kept  ▲ │ connected │ (direct entry)
+//!          (redial, same deadline)   │ │ (+TLS for └──────────────────┐
+//!                                    │ ▼  https://)                   │
+//!        ┌────────────────────► SentConnect{hop, auth, request}       │
+//!        │ 407 answered on the       │ request written                │
+//!        │ same connection (body     ▼                                │
+//!        │ drained); next hop ◄── ReadingHeaders{hop, head, drain} ───┼──► Closing(Refused/Failed)
+//!        └── of a chain after 2xx    │ 2xx from the last hop:         │    non-2xx, refused 407,
+//!            (+TLS for https://)     ▼ bytes after it are in the ring │    bad head, close, timeout
+//!                                Forwarding ◄─────────────────────────┘
+//!                                    │ both directions shut,
+//!                                    ▼ reset, error, idle
+//!                                 Closing(reason)
 //! ```
 //!
 //! Invariants: no client byte is read before Forwarding (so none can reach
