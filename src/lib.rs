@@ -12,6 +12,7 @@ pub mod cli;
 pub mod config;
 pub mod connect;
 pub mod logsink;
+pub mod metrics;
 pub mod net;
 pub mod reactor;
 pub mod reload;
