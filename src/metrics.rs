@@ -409,11 +409,13 @@ mod tests {
 
     #[test]
     fn the_exposition_has_every_family_and_exact_values() {
-        let mut c = Counters::default();
-        c.ok = 3;
+        let mut c = Counters {
+            ok: 3,
+            up: 100,
+            down: 200,
+            ..Counters::default()
+        };
         c.failed(Failure::Timeout);
-        c.up = 100;
-        c.down = 200;
         c.handshake.observe(Duration::from_micros(800));
         c.handshake.observe(Duration::from_millis(30));
         let text = render(
@@ -473,8 +475,10 @@ mod tests {
     /// The exposition read back by an independent parser of the format.
     #[test]
     fn a_real_parser_reads_the_exposition() {
-        let mut c = Counters::default();
-        c.ok = 4;
+        let mut c = Counters {
+            ok: 4,
+            ..Counters::default()
+        };
         c.failed(Failure::ProxyAuth);
         c.handshake.observe(Duration::from_millis(2));
         let text = render(
