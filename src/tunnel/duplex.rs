@@ -11,6 +11,7 @@ use std::time::Instant;
 
 use super::endpoint::Endpoint;
 use super::{Progress, Reason, Side, State, Tunnel};
+use crate::metrics::Failure;
 use crate::ring::Ring;
 
 /// Bytes one tunnel may move in one drive before yielding to the others.
@@ -50,7 +51,10 @@ impl Tunnel {
     /// budget is spent, or the tunnel ends.
     pub(crate) fn forward(&mut self, now: Instant) -> Progress {
         let Some(upstream) = self.upstream.as_mut() else {
-            return self.fail("forwarding without an upstream socket".into());
+            return self.fail(
+                Failure::Other,
+                "forwarding without an upstream socket".into(),
+            );
         };
         let mut budget = BUDGET_BYTES;
         let mut moved_any = false;

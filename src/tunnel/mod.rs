@@ -57,6 +57,7 @@ use mio::net::TcpStream;
 use mio::{Registry, Token};
 
 use crate::auth;
+use crate::metrics::Failure;
 use crate::net;
 use crate::transport::Transport;
 use duplex::{Fault, Flow};
@@ -95,11 +96,22 @@ pub enum Reason {
     Error(String),
     /// The process is stopping.
     Shutdown,
-    /// The tunnel never reached Forwarding; the text says why.
-    Failed(String),
-    /// A proxy refused the tunnel (a non-2xx answer it could not get
-    /// past); the text quotes its status line. Logged at warn.
-    Refused(String),
+    /// The tunnel never reached Forwarding.
+    Failed(Failed),
+}
+
+/// Why a tunnel never reached Forwarding.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Failed {
+    /// The kind, for metrics and the log level (a proxy's refusal is a
+    /// warning, anything else info).
+    pub kind: Failure,
+    /// The text for the log line.
+    pub why: String,
+    /// Whether the route is at fault (unreachable, timeout, closed, a
+    /// malformed answer, 5xx), so another route may be tried; false for a
+    /// proxy's decision about this destination (4xx, a refused 407).
+    pub route_failed: bool,
 }
 
 impl fmt::Display for Reason {
@@ -111,7 +123,7 @@ impl fmt::Display for Reason {
             Reason::IdleTimeout => f.write_str("idle timeout"),
             Reason::Error(e) => write!(f, "error: {e}"),
             Reason::Shutdown => f.write_str("shutdown"),
-            Reason::Failed(e) | Reason::Refused(e) => write!(f, "failed: {e}"),
+            Reason::Failed(e) => write!(f, "failed: {}", e.why),
         }
     }
 }
@@ -292,8 +304,17 @@ impl Tunnel {
         self.state = next;
     }
 
-    fn fail(&mut self, why: String) -> Progress {
-        self.set_state(State::Closing(Reason::Failed(why)));
+    /// Ends the attempt: the route is at fault (another may be tried).
+    fn fail(&mut self, kind: Failure, why: String) -> Progress {
+        self.end_attempt(kind, why, true)
+    }
+
+    fn end_attempt(&mut self, kind: Failure, why: String, route_failed: bool) -> Progress {
+        self.set_state(State::Closing(Reason::Failed(Failed {
+            kind,
+            why,
+            route_failed,
+        })));
         Progress::Finished
     }
 
@@ -318,10 +339,10 @@ impl Tunnel {
         let (deadline, mut reserve) = (*deadline, reserve.take());
         match answer {
             Ok(addrs) => self.dial_from(addrs, 0, deadline, &mut reserve, None, ctx),
-            Err(e) => self.fail(format!(
-                "cannot resolve {}: {e}",
-                self.route.first_hop().host
-            )),
+            Err(e) => self.fail(
+                Failure::Resolve,
+                format!("cannot resolve {}: {e}", self.route.first_hop().host),
+            ),
         }
     }
 
@@ -369,7 +390,10 @@ impl Tunnel {
                         side: Side::Upstream,
                         error,
                     }),
-                    _ => self.fail(format!("sending to the proxy: {error}")),
+                    _ => self.fail(
+                        Failure::ProxyStatus,
+                        format!("sending to the proxy: {error}"),
+                    ),
                 };
             }
         }
@@ -501,7 +525,10 @@ impl Tunnel {
             }
             State::Closing(_) => return Progress::Finished,
         };
-        self.fail(format!("connect-timeout {timeout} expired while {doing}"))
+        self.fail(
+            Failure::Timeout,
+            format!("connect-timeout {timeout} expired while {doing}"),
+        )
     }
 
     /// Ends the tunnel because the process stops.
@@ -520,8 +547,10 @@ impl Tunnel {
             _ => &Reason::Shutdown,
         };
         match reason {
-            Reason::Failed(why) => return info!("{}: failed: {why}", self.prefix()),
-            Reason::Refused(why) => return warn!("{}: failed: {why}", self.prefix()),
+            Reason::Failed(f) if matches!(f.kind, Failure::ProxyStatus | Failure::ProxyAuth) => {
+                return warn!("{}: failed: {}", self.prefix(), f.why)
+            }
+            Reason::Failed(f) => return info!("{}: failed: {}", self.prefix(), f.why),
             _ => {}
         }
         if self.forwarding_since.is_none() {

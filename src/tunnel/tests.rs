@@ -3,6 +3,7 @@
 
 mod basics {
     use super::super::*;
+    use crate::metrics::Failure;
 
     #[test]
     fn token_round_trips() {
@@ -19,7 +20,12 @@ mod basics {
         assert_eq!(Reason::ClientReset.to_string(), "reset by client");
         assert_eq!(Reason::UpstreamReset.to_string(), "reset by upstream");
         assert_eq!(Reason::IdleTimeout.to_string(), "idle timeout");
-        assert_eq!(Reason::Failed("x".into()).to_string(), "failed: x");
+        let failed = Failed {
+            kind: Failure::Other,
+            why: "x".into(),
+            route_failed: true,
+        };
+        assert_eq!(Reason::Failed(failed).to_string(), "failed: x");
     }
 }
 
@@ -135,7 +141,7 @@ mod state_tests {
 
     fn failure(t: &Tunnel) -> String {
         match t.state() {
-            State::Closing(Reason::Failed(why) | Reason::Refused(why)) => why.clone(),
+            State::Closing(Reason::Failed(f)) => f.why.clone(),
             other => panic!("expected a failure, state is {other}"),
         }
     }

@@ -20,6 +20,7 @@ use super::endpoint::Endpoint;
 use super::{token, Ctx, Progress, Reason, State, Tunnel, UPSTREAM};
 use crate::auth::{self, Next};
 use crate::connect::{self, BodyDrain, Head, MAX_BODY, MAX_HEAD};
+use crate::metrics::Failure;
 use crate::net;
 use crate::ring::{Lent, Ring};
 use crate::tls::TlsStream;
@@ -215,7 +216,7 @@ impl Tunnel {
             }
         }
         let why = last_error.unwrap_or_else(|| "no address to connect to".to_string());
-        self.fail(why)
+        self.fail(Failure::Refused, why)
     }
 
     /// Dialing: mio's "connect completion" recipe (take_error, then
@@ -272,7 +273,7 @@ impl Tunnel {
             None if self.route.hops.is_empty() => self.start_forwarding(ctx.now, &[]),
             None => {
                 if let Err(e) = self.upgrade(0) {
-                    return self.fail(e);
+                    return self.fail(Failure::Tls, e);
                 }
                 let stage = HopStage::first(&self.route);
                 self.send_connect(stage, deadline, None);
@@ -359,7 +360,7 @@ impl Tunnel {
             }
         }
         if let Some(why) = error {
-            return self.fail(why);
+            return self.fail(self.transport_failure(), why);
         }
         if sending.written < sending.request.len() {
             return Progress::Idle;
@@ -410,11 +411,16 @@ impl Tunnel {
                 }
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
                 Err(e) if had > 0 || reading.drain.is_some() => {
-                    return self.fail(format!(
-                        "proxy closed the connection in the middle of its answer: {e}"
-                    ))
+                    let kind = self.transport_failure();
+                    return self.fail(
+                        kind,
+                        format!("proxy closed the connection in the middle of its answer: {e}"),
+                    );
                 }
-                Err(e) => return self.fail(format!("reading the proxy's answer: {e}")),
+                Err(e) => {
+                    let kind = self.transport_failure();
+                    return self.fail(kind, format!("reading the proxy's answer: {e}"));
+                }
             };
             if n == 0 {
                 return match reading.drain.take() {
@@ -422,14 +428,17 @@ impl Tunnel {
                     // answer on a new one.
                     Some(p) if !p.same_connection => self.redial(p.answer, ctx),
                     Some(_) => self.fail(
+                        Failure::ProxyAuth,
                         "proxy closed the connection in the middle of the NTLM handshake".into(),
                     ),
-                    None if had == 0 => {
-                        self.fail("proxy closed the connection before answering".into())
-                    }
-                    None => {
-                        self.fail("proxy closed the connection in the middle of its answer".into())
-                    }
+                    None if had == 0 => self.fail(
+                        Failure::ProxyStatus,
+                        "proxy closed the connection before answering".into(),
+                    ),
+                    None => self.fail(
+                        Failure::ProxyStatus,
+                        "proxy closed the connection in the middle of its answer".into(),
+                    ),
                 };
             }
             up.after_read(n, room);
@@ -460,7 +469,7 @@ impl Tunnel {
                 Ok(n) => n,
                 Err(why) => {
                     let why = format!("{quoted}: {why}");
-                    return Step::Done(self.refuse(why));
+                    return Step::Done(self.refuse(Failure::ProxyAuth, why));
                 }
             };
             reading.head.consume(ring, used);
@@ -501,10 +510,12 @@ impl Tunnel {
                 return Step::Read
             }
             Ok(connect::Answer::Partial) | Err(connect::ParseError::TooLarge) => {
-                return Step::Done(self.fail(format!("proxy answer head over {MAX_HEAD} bytes")))
+                let why = format!("proxy answer head over {MAX_HEAD} bytes");
+                return Step::Done(self.fail(Failure::ProxyStatus, why));
             }
             Err(connect::ParseError::Malformed(why)) => {
-                return Step::Done(self.fail(format!("bad proxy answer: {why}")))
+                let why = format!("bad proxy answer: {why}");
+                return Step::Done(self.fail(Failure::ProxyStatus, why));
             }
         };
         self.answered(head, ctx)
@@ -551,7 +562,7 @@ impl Tunnel {
             let ring = &mut self.upstream_to_client.ring;
             ring.consume(ring.len());
             if let Err(e) = self.upgrade(next) {
-                return Step::Done(self.fail(e));
+                return Step::Done(self.fail(Failure::Tls, e));
             }
             let stage = HopStage {
                 hop: next,
@@ -563,14 +574,21 @@ impl Tunnel {
         }
         let quoted = format!("proxy answered \"{}\"", head.status_line);
         if head.status != 407 {
-            return Step::Done(self.refuse(quoted));
+            // 5xx: the route is at fault (the proxy could not reach on);
+            // anything else is the proxy's decision about this destination.
+            if (500..600).contains(&head.status) {
+                return Step::Done(self.fail(Failure::ProxyStatus, quoted));
+            }
+            return Step::Done(self.refuse(Failure::ProxyStatus, quoted));
         }
         let next = reading
             .stage
             .auth
             .challenged(&hop.proxy, &mut hop.learnt.borrow_mut(), &head);
         let (answer, same_connection) = match next {
-            Next::GiveUp(why) => return Step::Done(self.refuse(format!("{quoted}: {why}"))),
+            Next::GiveUp(why) => {
+                return Step::Done(self.refuse(Failure::ProxyAuth, format!("{quoted}: {why}")))
+            }
             Next::Answer {
                 value,
                 same_connection,
@@ -582,7 +600,7 @@ impl Tunnel {
             (false, false, Some(n)) if n <= MAX_BODY => Some(BodyDrain::length(n)),
             (false, false, Some(_)) => {
                 let why = format!("{quoted}: its body is over {} MiB", MAX_BODY >> 20);
-                return Step::Done(self.refuse(why));
+                return Step::Done(self.refuse(Failure::ProxyAuth, why));
             }
             // Closed after it, or a body up to the close: a new connection.
             _ => None,
@@ -603,17 +621,29 @@ impl Tunnel {
                 });
                 return Step::Again;
             }
-            None if same_connection => self.refuse(format!(
-                "{quoted}: the proxy closes the connection in the middle of the NTLM handshake"
-            )),
+            None if same_connection => self.refuse(
+                Failure::ProxyAuth,
+                format!(
+                    "{quoted}: the proxy closes the connection in the middle of the NTLM handshake"
+                ),
+            ),
             None => self.redial(answer, ctx),
         })
     }
 
-    /// Ends the attempt on a proxy's refusal (logged at warn).
-    fn refuse(&mut self, why: String) -> Progress {
-        self.set_state(State::Closing(Reason::Refused(why)));
-        Progress::Finished
+    /// Ends the attempt on a proxy's refusal (logged at warn): its
+    /// decision about this destination, so no other route is tried.
+    fn refuse(&mut self, kind: Failure, why: String) -> Progress {
+        self.end_attempt(kind, why, false)
+    }
+
+    /// The kind of a failure to talk to the proxy: TLS while its handshake
+    /// is going on, else the proxy's doing.
+    fn transport_failure(&self) -> Failure {
+        match &self.upstream {
+            Some(up) if up.io.is_handshaking() => Failure::Tls,
+            _ => Failure::ProxyStatus,
+        }
     }
 
     /// Answers a 407 on a new connection to the same proxy address, within
@@ -631,13 +661,19 @@ impl Tunnel {
             deadline, stage, ..
         } = *reading;
         let Some(peer) = peer else {
-            return self.fail("the proxy's address is gone, cannot dial it again".into());
+            return self.fail(
+                Failure::Other,
+                "the proxy's address is gone, cannot dial it again".into(),
+            );
         };
         if stage.hop != 0 {
-            return self.fail(format!(
-                "hop {} wants a new connection, which needs the hops before it again",
-                stage.hop + 1
-            ));
+            return self.fail(
+                Failure::Other,
+                format!(
+                    "hop {} wants a new connection, which needs the hops before it again",
+                    stage.hop + 1
+                ),
+            );
         }
         // The old socket is closed first, so the new one reuses its descriptor.
         self.upstream = None;
