@@ -96,6 +96,10 @@ use std::time::Duration;
 pub(crate) use values::is_token_char;
 pub use values::{format_duration, format_size, parse_duration, parse_size};
 
+/// How long a route that failed is passed over by new tunnels
+/// (`proxy-backoff`).
+pub const DEFAULT_PROXY_BACKOFF: Duration = Duration::from_secs(30);
+
 /// Default capacity of each of a tunnel's two ring buffers. Chosen from the
 /// buffer sweep in BENCHMARKS.md (`cargo bench --bench throughput -- sweep`):
 /// one stream through the tunnel reaches 0.48x direct loopback with 64k,

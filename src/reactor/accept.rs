@@ -15,8 +15,7 @@ use super::{Engine, Slot, Timers, ACCEPT_BACKOFF, ACCEPT_BATCH};
 use crate::auth;
 use crate::config::Entry;
 use crate::net;
-use crate::resolve::Job;
-use crate::tunnel::{self, Ctx, Progress, Route, Tunnel};
+use crate::tunnel::{self, Ctx, Route, Tunnel};
 use std::cmp::Reverse;
 
 /// One entry's listening socket and its accept bookkeeping.
@@ -79,7 +78,7 @@ impl Engine {
             route.entry.line,
             route.describe()
         );
-        for hop in &route.hops {
+        for hop in route.paths.iter().flat_map(|p| &p.hops) {
             if let Some(warning) = auth::load_warning(&hop.proxy) {
                 warn!("{listen} (line {}): {warning}", route.entry.line);
             }
@@ -135,7 +134,11 @@ impl Engine {
                     return; // resumed when one of its tunnels closes
                 }
             }
-            let v6 = l.route.first_hop_ip().is_some_and(|a| a.is_ipv6());
+            // The first route's first hop: what a new tunnel dials first.
+            let v6 = l
+                .route
+                .first_hop_ip(0, &l.route.entry.dest)
+                .is_some_and(|a| a.is_ipv6());
             let reserve = match self.spare.take() {
                 Some(r) if r.is_v6() == v6 => Ok(r),
                 other => {
@@ -238,22 +241,12 @@ impl Engine {
             now,
         ));
         debug!("{}: accepted", t.prefix());
-        let progress = if t.needs_resolution() {
-            let hop = t.route.first_hop();
-            self.resolver.submit(Job {
-                tag: (key, id),
-                host: hop.host.clone(),
-                port: hop.port,
-            });
-            Progress::Idle
-        } else {
-            let mut ctx = Ctx {
-                registry: self.poll.registry(),
-                key,
-                now,
-            };
-            t.start(&mut ctx)
+        let mut ctx = Ctx {
+            registry: self.poll.registry(),
+            key,
+            now,
         };
+        let progress = t.start(&mut ctx);
         slot.insert(Slot::Tunnel(t));
         if let Some(Slot::Listener(l)) = self.slab.get_mut(listener_key) {
             l.open += 1;

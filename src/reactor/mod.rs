@@ -34,7 +34,7 @@ use crate::config::{self, Config};
 use crate::logsink;
 use crate::net;
 use crate::reload::{self, Reloader};
-use crate::resolve::{Resolve, Resolver, SystemResolver};
+use crate::resolve::{Job, Resolve, Resolver, SystemResolver};
 use crate::tunnel::{self, Ctx, Progress, Tunnel};
 use accept::Listener;
 
@@ -45,10 +45,19 @@ const ACCEPT_BATCH: usize = 256;
 /// How long a listener pauses after the process ran out of descriptors.
 const ACCEPT_BACKOFF: Duration = Duration::from_millis(100);
 
+/// Which lookup an answer is for: the tunnel's slab key and id, and the
+/// tunnel's number for the lookup (a route given up makes it stale).
+#[derive(Debug, Clone, Copy)]
+pub struct Lookup {
+    key: usize,
+    id: u64,
+    n: u32,
+}
+
 /// Messages from other threads (and [`Handle`]s) to the reactor.
 pub enum Msg {
     /// A lookup for tunnel `(key, id)` finished.
-    Resolved(usize, u64, io::Result<Vec<SocketAddr>>),
+    Resolved(Lookup, io::Result<Vec<SocketAddr>>),
     /// A configuration was read again (or failed to parse).
     Reload(Result<Config, Vec<config::Error>>),
     /// Stop: close listeners and tunnels, return from [`Engine::run`].
@@ -146,7 +155,7 @@ pub struct Engine {
     waker: Arc<Waker>,
     tx: Sender<Msg>,
     rx: Receiver<Msg>,
-    resolver: Resolver<(usize, u64)>,
+    resolver: Resolver<Lookup>,
     reloader: Option<Reloader>,
     signals: Option<signal_hook_mio::v1_0::Signals>,
     timers: Timers,
@@ -180,9 +189,9 @@ impl Engine {
         let deliver_waker = Arc::clone(&waker);
         let resolver = Resolver::new(
             opts.resolver,
-            Arc::new(move |(key, id): (usize, u64), answer| {
+            Arc::new(move |lookup: Lookup, answer| {
                 // Sender is Sync: the resolver threads share it as it is.
-                if deliver_tx.send(Msg::Resolved(key, id, answer)).is_ok() {
+                if deliver_tx.send(Msg::Resolved(lookup, answer)).is_ok() {
                     let _ = deliver_waker.wake();
                 }
             }),
@@ -367,6 +376,13 @@ impl Engine {
             t.queued = true;
             self.drive_queue.push(key);
         }
+        if let Some((n, hop)) = t.lookup() {
+            self.resolver.submit(Job {
+                tag: Lookup { key, id: t.id, n },
+                host: hop.host,
+                port: hop.port,
+            });
+        }
         Self::arm(&mut self.timers, key, t);
     }
 
@@ -385,7 +401,7 @@ impl Engine {
     fn handle_messages(&mut self, now: Instant) {
         while let Ok(msg) = self.rx.try_recv() {
             match msg {
-                Msg::Resolved(key, id, answer) => self.resolved(key, id, answer, now),
+                Msg::Resolved(lookup, answer) => self.resolved(lookup, answer, now),
                 Msg::Reload(Ok(config)) => self.apply_reload(config),
                 Msg::Reload(Err(errors)) => {
                     warn!("reload failed, keeping the running configuration");
@@ -398,7 +414,8 @@ impl Engine {
         }
     }
 
-    fn resolved(&mut self, key: usize, id: u64, answer: io::Result<Vec<SocketAddr>>, now: Instant) {
+    fn resolved(&mut self, lookup: Lookup, answer: io::Result<Vec<SocketAddr>>, now: Instant) {
+        let Lookup { key, id, n } = lookup;
         let Some(Slot::Tunnel(t)) = self.slab.get_mut(key) else {
             return;
         };
@@ -410,7 +427,7 @@ impl Engine {
             key,
             now,
         };
-        let progress = t.resolved(answer, &mut ctx);
+        let progress = t.resolved(n, answer, &mut ctx);
         self.after_drive(key, progress);
     }
 
@@ -448,7 +465,12 @@ impl Engine {
             match self.slab.get_mut(key) {
                 Some(Slot::Tunnel(t)) if t.id == id && t.timer == Some(at) => {
                     t.timer = None;
-                    let progress = t.expire(now);
+                    let mut ctx = Ctx {
+                        registry: self.poll.registry(),
+                        key,
+                        now,
+                    };
+                    let progress = t.expire(&mut ctx);
                     self.after_drive(key, progress);
                 }
                 Some(Slot::Listener(l))

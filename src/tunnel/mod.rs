@@ -57,12 +57,13 @@ use mio::net::TcpStream;
 use mio::{Registry, Token};
 
 use crate::auth;
+use crate::config::HostPort;
 use crate::metrics::Failure;
 use crate::net;
 use crate::transport::Transport;
 use duplex::{Fault, Flow};
 use endpoint::Endpoint;
-pub use route::{Hop, Route};
+pub use route::{Hop, Path, Route};
 use upstream::{Reading, Resume, Sending};
 
 /// Side 0 of a tunnel's token: the accepted client socket (and listeners).
@@ -131,11 +132,14 @@ impl fmt::Display for Reason {
 /// The tunnel's state; each variant carries only what exists in it.
 #[derive(Debug)]
 pub enum State {
-    /// Accepted; waiting for the first hop's addresses from the resolver.
-    /// Holds the upstream socket made before the client was accepted.
+    /// Accepted (or moving on to the next route); waiting for the first
+    /// hop's addresses from the resolver. Holds the upstream socket made
+    /// before the client was accepted, and the number of the lookup asked
+    /// for (answers to an earlier one are stale).
     Accepting {
         deadline: Instant,
         reserve: Option<net::Reserved>,
+        lookup: Option<u32>,
     },
     /// Connecting to `addrs[next - 1]`; the rest are tried in turn. With
     /// `resume`, a dial again to answer a 407 on a new connection.
@@ -233,6 +237,16 @@ pub struct Tunnel {
     last_activity: Instant,
     max_idle: Duration,
     first_closed: Option<Side>,
+    /// The route (path index) being tried or used.
+    path: u8,
+    /// The routes still to try (bit set of path indices), the current one
+    /// included.
+    remaining: u64,
+    /// Lookups asked for so far (numbers them).
+    lookups: u32,
+    /// The destination a client named (socks/http entries); `None`: the
+    /// entry's.
+    dest: Option<Box<HostPort>>,
     /// Set while the tunnel is on the reactor's list of tunnels to drive.
     pub queued: bool,
     /// The earliest instant the reactor's timer heap holds for this tunnel
@@ -253,6 +267,8 @@ impl Tunnel {
     ) -> Tunnel {
         let capacity = route.entry.options.buffer;
         let deadline = now + route.entry.options.connect_timeout;
+        let remaining = route.candidates(now);
+        let path = remaining.trailing_zeros() as u8;
         Tunnel {
             id,
             listener,
@@ -262,13 +278,21 @@ impl Tunnel {
             upstream: None,
             client_to_upstream: Flow::new(capacity),
             upstream_to_client: Flow::new(capacity),
-            state: State::Accepting { deadline, reserve },
+            state: State::Accepting {
+                deadline,
+                reserve,
+                lookup: None,
+            },
             accepted: now,
             connected: None,
             forwarding_since: None,
             last_activity: now,
             max_idle: Duration::ZERO,
             first_closed: None,
+            path,
+            remaining,
+            lookups: 0,
+            dest: None,
             queued: false,
             timer: None,
         }
@@ -294,9 +318,48 @@ impl Tunnel {
         Prefix(self)
     }
 
-    /// The first hop still needs resolving (the reactor submits the lookup).
-    pub fn needs_resolution(&self) -> bool {
-        matches!(self.state, State::Accepting { .. }) && self.route.first_hop_ip().is_none()
+    /// Where the tunnel leads: the entry's destination, or the client's.
+    pub fn dest(&self) -> &HostPort {
+        self.dest.as_deref().unwrap_or(&self.route.entry.dest)
+    }
+
+    /// The hops of the route being tried.
+    fn hops(&self) -> &[Hop] {
+        &self.route.paths[self.path as usize].hops
+    }
+
+    /// What the route's first hop dials.
+    fn first_hop(&self) -> &HostPort {
+        self.route.first_hop(self.path as usize, self.dest())
+    }
+
+    /// What hop `hop` is asked to `CONNECT` to.
+    fn connect_target(&self, hop: usize) -> &HostPort {
+        self.route
+            .connect_target(self.path as usize, hop, self.dest())
+    }
+
+    /// A name lookup the tunnel waits for and has not asked for yet: its
+    /// number and what to resolve. The reactor asks the resolver and hands
+    /// the answer to [`Tunnel::resolved`] with the same number.
+    pub fn lookup(&mut self) -> Option<(u32, HostPort)> {
+        let State::Accepting { lookup: None, .. } = self.state else {
+            return None;
+        };
+        if self
+            .route
+            .first_hop_ip(self.path as usize, self.dest())
+            .is_some()
+        {
+            return None;
+        }
+        self.lookups += 1;
+        let n = self.lookups;
+        let hop = self.first_hop().clone();
+        if let State::Accepting { lookup, .. } = &mut self.state {
+            *lookup = Some(n);
+        }
+        Some((n, hop))
     }
 
     fn set_state(&mut self, next: State) {
@@ -331,30 +394,109 @@ impl Tunnel {
         }
     }
 
-    /// The first hop's addresses arrived (or resolution failed).
-    pub fn resolved(&mut self, answer: io::Result<Vec<SocketAddr>>, ctx: &mut Ctx<'_>) -> Progress {
-        let State::Accepting { deadline, reserve } = &mut self.state else {
+    /// The answer to lookup number `n` arrived (or resolution failed).
+    pub fn resolved(
+        &mut self,
+        n: u32,
+        answer: io::Result<Vec<SocketAddr>>,
+        ctx: &mut Ctx<'_>,
+    ) -> Progress {
+        let State::Accepting {
+            deadline,
+            reserve,
+            lookup: Some(asked),
+        } = &mut self.state
+        else {
             return Progress::Idle;
         };
-        let (deadline, mut reserve) = (*deadline, reserve.take());
-        match answer {
-            Ok(addrs) => self.dial_from(addrs, 0, deadline, &mut reserve, None, ctx),
-            Err(e) => self.fail(
-                Failure::Resolve,
-                format!("cannot resolve {}: {e}", self.route.first_hop().host),
-            ),
+        if *asked != n {
+            return Progress::Idle; // for a route given up already
         }
+        let (deadline, mut reserve) = (*deadline, reserve.take());
+        let progress = match answer {
+            Ok(addrs) => self.dial_from(addrs, 0, deadline, &mut reserve, None, ctx),
+            Err(e) => {
+                let why = format!("cannot resolve {}: {e}", self.first_hop().host);
+                self.fail(Failure::Resolve, why)
+            }
+        };
+        self.settle(progress, ctx)
     }
 
-    /// Starts a tunnel whose first hop is an IP literal.
+    /// Starts the tunnel: dials at once when the first hop is an IP
+    /// literal; otherwise [`Tunnel::lookup`] has a lookup to ask for.
     pub fn start(&mut self, ctx: &mut Ctx<'_>) -> Progress {
-        match (&mut self.state, self.route.first_hop_ip()) {
-            (State::Accepting { deadline, reserve }, Some(ip)) => {
+        let progress = self.dial_now(ctx);
+        self.settle(progress, ctx)
+    }
+
+    fn dial_now(&mut self, ctx: &mut Ctx<'_>) -> Progress {
+        let ip = self.route.first_hop_ip(self.path as usize, self.dest());
+        match (&mut self.state, ip) {
+            (
+                State::Accepting {
+                    deadline, reserve, ..
+                },
+                Some(ip),
+            ) => {
                 let (deadline, mut reserve) = (*deadline, reserve.take());
                 self.dial_from(vec![ip], 0, deadline, &mut reserve, None, ctx)
             }
             _ => Progress::Idle,
         }
+    }
+
+    /// After an attempt ended: when the route was at fault and another is
+    /// left, the tunnel moves on to it (SPEC "Routes, failover and chains"):
+    /// the failed route is passed over by new tunnels for `proxy-backoff`,
+    /// the next one gets a `connect-timeout` of its own, and the client
+    /// notices nothing but the time.
+    fn settle(&mut self, mut progress: Progress, ctx: &mut Ctx<'_>) -> Progress {
+        while progress == Progress::Finished {
+            let State::Closing(Reason::Failed(failed)) = &self.state else {
+                break;
+            };
+            if !failed.route_failed {
+                break;
+            }
+            let why = failed.why.clone();
+            let route = Rc::clone(&self.route);
+            let path = &route.paths[self.path as usize];
+            if route.paths.len() > 1 {
+                let backoff = crate::config::DEFAULT_PROXY_BACKOFF;
+                if path.back_off(ctx.now + backoff) {
+                    warn!(
+                        "{}: route {} failed ({why}); new tunnels pass it over for {}",
+                        self.prefix(),
+                        path.label(),
+                        net::fmt_duration(backoff)
+                    );
+                }
+            }
+            self.remaining &= !(1u64 << self.path);
+            if self.remaining == 0 {
+                break;
+            }
+            let next = self.remaining.trailing_zeros() as u8;
+            debug!(
+                "{}: route {} failed: {why}; trying {}",
+                self.prefix(),
+                path.label(),
+                route.paths[next as usize].label()
+            );
+            self.upstream = None;
+            let ring = &mut self.upstream_to_client.ring;
+            ring.consume(ring.len());
+            self.connected = None;
+            self.path = next;
+            self.set_state(State::Accepting {
+                deadline: ctx.now + route.entry.options.connect_timeout,
+                reserve: None,
+                lookup: None,
+            });
+            progress = self.dial_now(ctx);
+        }
+        progress
     }
 
     /// Prepares both sockets for closing, which happens when the tunnel is
@@ -380,6 +522,11 @@ impl Tunnel {
 
     /// Moves the tunnel as far as readiness allows.
     pub fn drive(&mut self, ctx: &mut Ctx<'_>) -> Progress {
+        let progress = self.drive_states(ctx);
+        self.settle(progress, ctx)
+    }
+
+    fn drive_states(&mut self, ctx: &mut Ctx<'_>) -> Progress {
         if let Some(fault) = self.take_fault() {
             return self.end_with(fault);
         }
@@ -502,15 +649,21 @@ impl Tunnel {
         }
     }
 
-    /// Applies a passed deadline: connect-timeout or idle-timeout.
-    pub fn expire(&mut self, now: Instant) -> Progress {
+    /// Applies a passed deadline: connect-timeout (then maybe the next
+    /// route) or idle-timeout.
+    pub fn expire(&mut self, ctx: &mut Ctx<'_>) -> Progress {
+        let progress = self.expire_now(ctx.now);
+        self.settle(progress, ctx)
+    }
+
+    fn expire_now(&mut self, now: Instant) -> Progress {
         match self.deadline() {
             Some(d) if d <= now => {}
             _ => return Progress::Idle,
         }
         let timeout = net::fmt_duration(self.route.entry.options.connect_timeout);
         let doing = match &self.state {
-            State::Accepting { .. } => format!("resolving {}", self.route.first_hop().host),
+            State::Accepting { .. } => format!("resolving {}", self.first_hop().host),
             State::Dialing { addrs, next, .. } => match addrs.get(next.wrapping_sub(1)) {
                 Some(a) => format!("dialing {a}"),
                 None => "dialing".to_string(),
@@ -586,10 +739,11 @@ impl fmt::Display for Prefix<'_> {
             t.id,
             t.route.entry.listen,
             t.client_addr,
-            t.route.entry.dest.authority()
+            t.dest().authority()
         )?;
-        for hop in &t.route.hops {
-            write!(f, " via {}", hop.proxy.addr.authority())?;
+        let path = &t.route.paths[t.path as usize];
+        if !path.hops.is_empty() {
+            write!(f, " via {}", path.label())?;
         }
         Ok(())
     }

@@ -1,19 +1,21 @@
 //! What a tunnel needs of its entry, frozen when it is accepted: a reload
 //! replaces the listener's route, never a running tunnel's.
 //!
-//! Owns: the hops of the route in order (each proxy, with its address when
-//! it is an IP literal) and the destination. Never builds request bytes:
-//! each `SentConnect` stage builds its own (an authentication round or a
-//! later hop needs a request of its own).
+//! Owns: the entry's paths (its routes, tried in order: each a chain of
+//! proxy hops, or none for `direct`), what the entry learnt about each hop,
+//! and each path's back-off. Never builds request bytes: each `SentConnect`
+//! stage builds its own (an authentication round or a later hop needs a
+//! request of its own).
 
-use std::cell::RefCell;
+use std::cell::{Cell, RefCell};
 use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
+use std::time::Instant;
 
 use crate::auth::Learnt;
 use crate::config::{Entry, HostPort, Proxy};
 
-/// One proxy of a route.
+/// One proxy of a path.
 #[derive(Debug)]
 pub struct Hop {
     /// The proxy as configured: address, credentials, scheme, headers.
@@ -25,15 +27,81 @@ pub struct Hop {
     pub tls: Option<Arc<rustls::ClientConfig>>,
 }
 
-/// The hops of one entry and where they lead.
+/// One route of an entry: its hops in order (none: `direct`).
+#[derive(Debug)]
+pub struct Path {
+    /// The proxies in order; empty for a direct route.
+    pub hops: Vec<Hop>,
+    /// The first hop's address when it is an IP literal (no resolution);
+    /// for a direct route, filled in per tunnel from the destination.
+    first_hop_ip: Option<SocketAddr>,
+    /// Until when new tunnels pass this route over (it failed).
+    backoff_until: Cell<Option<Instant>>,
+}
+
+impl Path {
+    fn new(hops: Vec<Hop>) -> Path {
+        let first_hop_ip = hops.first().and_then(|h| ip_of(&h.proxy.addr));
+        Path {
+            hops,
+            first_hop_ip,
+            backoff_until: Cell::new(None),
+        }
+    }
+
+    /// Whether new tunnels pass this route over at `now`.
+    pub fn in_backoff(&self, now: Instant) -> bool {
+        self.backoff_until.get().is_some_and(|until| until > now)
+    }
+
+    /// Starts (or extends) a back-off until `until`; whether it was not
+    /// in back-off before (the caller logs the start once).
+    pub fn back_off(&self, until: Instant) -> bool {
+        self.backoff_until.replace(Some(until)).is_none()
+    }
+
+    /// Ends a back-off; whether there was one (the caller logs that the
+    /// route carries tunnels again).
+    pub fn recovered(&self) -> bool {
+        self.backoff_until.take().is_some()
+    }
+
+    /// The route for log lines and metrics labels: `direct`, or its hops
+    /// joined by `>` (plain proxies as `host:port`, TLS ones with
+    /// `https://`), never credentials.
+    pub fn label(&self) -> String {
+        if self.hops.is_empty() {
+            return "direct".into();
+        }
+        let hops: Vec<String> = self
+            .hops
+            .iter()
+            .map(|h| match h.tls {
+                Some(_) => format!("https://{}", h.proxy.addr.authority()),
+                None => h.proxy.addr.authority(),
+            })
+            .collect();
+        hops.join(">")
+    }
+}
+
+/// The address of `hp` when its host is an IP literal.
+pub fn ip_of(hp: &HostPort) -> Option<SocketAddr> {
+    hp.host
+        .parse::<IpAddr>()
+        .ok()
+        .map(|ip| SocketAddr::new(ip, hp.port))
+}
+
+/// The paths of one entry and where they lead.
 #[derive(Debug)]
 pub struct Route {
     /// The entry as configured.
     pub entry: Entry,
-    /// The proxies in order; empty for a direct entry.
-    pub hops: Vec<Hop>,
-    /// The first hop's address when it is an IP literal (no resolution).
-    first_hop_ip: Option<SocketAddr>,
+    /// The entry's routes in order; at least one.
+    pub paths: Vec<Path>,
+    /// The destination's address when it is an IP literal.
+    dest_ip: Option<SocketAddr>,
 }
 
 impl Route {
@@ -48,58 +116,92 @@ impl Route {
                 tls: None,
             })
             .collect();
-        let mut route = Route {
+        let paths = vec![Path::new(hops)];
+        let dest_ip = ip_of(&entry.dest);
+        Route {
             entry,
-            hops,
-            first_hop_ip: None,
-        };
-        let first = route.first_hop();
-        route.first_hop_ip = first
-            .host
-            .parse::<IpAddr>()
-            .ok()
-            .map(|ip| SocketAddr::new(ip, first.port));
-        route
+            paths,
+            dest_ip,
+        }
     }
 
     /// The route of `entry`, an entry with the same settings as `old`'s
-    /// (only its line moved): what `old`'s tunnels learnt is kept.
+    /// (only its line moved): what `old`'s tunnels learnt, and the routes'
+    /// back-off, are kept.
     pub fn keeping_learnt(entry: Entry, old: &Route) -> Route {
         let route = Route::new(entry);
-        for (new, old) in route.hops.iter().zip(&old.hops) {
-            *new.learnt.borrow_mut() = old.learnt.borrow().clone();
+        for (new, old) in route.paths.iter().zip(&old.paths) {
+            new.backoff_until.set(old.backoff_until.get());
+            for (new, old) in new.hops.iter().zip(&old.hops) {
+                *new.learnt.borrow_mut() = old.learnt.borrow().clone();
+            }
         }
         route
     }
 
-    /// What a tunnel dials: the first proxy, or the destination.
-    pub fn first_hop(&self) -> &HostPort {
-        match self.hops.first() {
+    /// What a tunnel on path `path` dials: its first proxy, or `dest`.
+    pub fn first_hop<'a>(&'a self, path: usize, dest: &'a HostPort) -> &'a HostPort {
+        match self.paths[path].hops.first() {
             Some(hop) => &hop.proxy.addr,
-            None => &self.entry.dest,
+            None => dest,
         }
     }
 
-    /// The first hop's address when it is an IP literal.
-    pub fn first_hop_ip(&self) -> Option<SocketAddr> {
-        self.first_hop_ip
+    /// The first hop's address on path `path` when it is an IP literal.
+    pub fn first_hop_ip(&self, path: usize, dest: &HostPort) -> Option<SocketAddr> {
+        let p = &self.paths[path];
+        if p.hops.is_empty() {
+            if std::ptr::eq(dest, &self.entry.dest) {
+                return self.dest_ip;
+            }
+            return ip_of(dest);
+        }
+        p.first_hop_ip
     }
 
-    /// What hop `hop` is asked to `CONNECT` to: the next hop, or the
-    /// destination after the last one.
-    pub fn connect_target(&self, hop: usize) -> &HostPort {
-        match self.hops.get(hop + 1) {
+    /// What hop `hop` of path `path` is asked to `CONNECT` to: the next
+    /// hop, or the destination after the last one.
+    pub fn connect_target<'a>(
+        &'a self,
+        path: usize,
+        hop: usize,
+        dest: &'a HostPort,
+    ) -> &'a HostPort {
+        match self.paths[path].hops.get(hop + 1) {
             Some(next) => &next.proxy.addr,
-            None => &self.entry.dest,
+            None => dest,
         }
     }
 
-    /// `dest` or `dest via proxy`, as in log lines.
+    /// The routes a new tunnel tries at `now`, as a bit set of path
+    /// indices: those not in back-off, or every one when all are.
+    pub fn candidates(&self, now: Instant) -> u64 {
+        let all = if self.paths.len() >= 64 {
+            u64::MAX
+        } else {
+            (1u64 << self.paths.len()) - 1
+        };
+        let fresh = self
+            .paths
+            .iter()
+            .enumerate()
+            .take(64)
+            .filter(|(_, p)| !p.in_backoff(now))
+            .fold(0u64, |set, (i, _)| set | 1 << i);
+        if fresh == 0 {
+            all
+        } else {
+            fresh
+        }
+    }
+
+    /// `dest`, `dest via proxy`, `dest via a>b, direct`, as in log lines.
     pub fn describe(&self) -> String {
         let mut out = self.entry.dest.authority();
-        for hop in &self.hops {
+        let labels: Vec<String> = self.paths.iter().map(Path::label).collect();
+        if labels != ["direct"] {
             out.push_str(" via ");
-            out.push_str(&hop.proxy.addr.authority());
+            out.push_str(&labels.join(", "));
         }
         out
     }

@@ -109,6 +109,16 @@ mod state_tests {
             self.tunnel.start(&mut ctx)
         }
 
+        /// Applies the deadlines as the reactor would at `at`.
+        fn expire(&mut self, at: Instant) -> Progress {
+            let mut ctx = Ctx {
+                registry: self.poll.registry(),
+                key: 0,
+                now: at,
+            };
+            self.tunnel.expire(&mut ctx)
+        }
+
         /// Polls, records and drives until `done` holds (5 s at most).
         fn run_until(&mut self, done: impl Fn(&Tunnel) -> bool) {
             let deadline = Instant::now() + Duration::from_secs(5);
@@ -157,7 +167,7 @@ mod state_tests {
     fn accepting_with_an_ip_first_hop_dials_at_once() {
         let dest = StdListener::bind("127.0.0.1:0").unwrap();
         let mut f = fixture(entry(dest.local_addr().unwrap(), None, Options::default()));
-        assert!(!f.tunnel.needs_resolution());
+        assert!(f.tunnel.lookup().is_none());
         assert_eq!(f.start(), Progress::Idle);
         assert_eq!(f.tunnel.state().to_string(), "Dialing");
     }
@@ -167,9 +177,9 @@ mod state_tests {
         let mut e = entry(refused_port(), None, Options::default());
         e.dest.host = "name.invalid".into();
         let mut f = fixture(e);
-        assert!(f.tunnel.needs_resolution());
+        assert!(f.tunnel.lookup().is_some());
         let late = Instant::now() + PAST_CONNECT_TIMEOUT;
-        assert_eq!(f.tunnel.expire(late), Progress::Finished);
+        assert_eq!(f.expire(late), Progress::Finished);
         assert!(failure(&f.tunnel).contains("while resolving name.invalid"));
     }
 
@@ -267,9 +277,9 @@ mod state_tests {
     #[test]
     fn reading_headers_past_the_connect_timeout_fails() {
         let (mut f, _proxy) = reading_headers(Options::default());
-        assert_eq!(f.tunnel.expire(Instant::now()), Progress::Idle);
+        assert_eq!(f.expire(Instant::now()), Progress::Idle);
         let late = Instant::now() + PAST_CONNECT_TIMEOUT;
-        assert_eq!(f.tunnel.expire(late), Progress::Finished);
+        assert_eq!(f.expire(late), Progress::Finished);
         assert!(failure(&f.tunnel).contains("waiting for the proxy's answer"));
     }
 
@@ -290,10 +300,10 @@ mod state_tests {
             .deadline()
             .expect("an idle deadline while forwarding");
         assert_eq!(
-            f.tunnel.expire(deadline - Duration::from_millis(1)),
+            f.expire(deadline - Duration::from_millis(1)),
             Progress::Idle
         );
-        assert_eq!(f.tunnel.expire(deadline), Progress::Finished);
+        assert_eq!(f.expire(deadline), Progress::Finished);
         assert!(matches!(
             f.tunnel.state(),
             State::Closing(Reason::IdleTimeout)

@@ -38,10 +38,10 @@ pub struct HopStage {
 }
 
 impl HopStage {
-    fn first(route: &super::Route) -> HopStage {
+    fn first(target: String) -> HopStage {
         HopStage {
             hop: 0,
-            auth: auth::Session::new(route.connect_target(0).authority()),
+            auth: auth::Session::new(target),
             earlier: Vec::new(),
         }
     }
@@ -270,12 +270,12 @@ impl Tunnel {
                 let Resume { stage, answer } = *r;
                 self.send_connect(stage, deadline, Some(answer));
             }
-            None if self.route.hops.is_empty() => self.start_forwarding(ctx.now, &[]),
+            None if self.hops().is_empty() => self.start_forwarding(ctx.now, &[]),
             None => {
                 if let Err(e) = self.upgrade(0) {
                     return self.fail(Failure::Tls, e);
                 }
-                let stage = HopStage::first(&self.route);
+                let stage = HopStage::first(self.connect_target(0).authority());
                 self.send_connect(stage, deadline, None);
             }
         }
@@ -286,10 +286,12 @@ impl Tunnel {
     /// `https://` proxy (the connection is the socket for the first hop,
     /// the tunnel through the hop before it for a later one).
     fn upgrade(&mut self, hop: usize) -> Result<(), String> {
-        let Some(config) = self.route.hops[hop].tls.clone() else {
+        let route = std::rc::Rc::clone(&self.route);
+        let hop = &route.paths[self.path as usize].hops[hop];
+        let Some(config) = hop.tls.clone() else {
             return Ok(());
         };
-        let host = &self.route.hops[hop].proxy.addr.host;
+        let host = &hop.proxy.addr.host;
         let Some(up) = self.upstream.take() else {
             return Err("no connection to the proxy".into());
         };
@@ -300,12 +302,8 @@ impl Tunnel {
             read_closed,
             fault_hint,
         } = up;
-        let tls = TlsStream::new(io, config, host).map_err(|e| {
-            format!(
-                "TLS to {}: {e}",
-                self.route.hops[hop].proxy.addr.authority()
-            )
-        })?;
+        let tls = TlsStream::new(io, config, host)
+            .map_err(|e| format!("TLS to {}: {e}", hop.proxy.addr.authority()))?;
         self.upstream = Some(Endpoint {
             io: Transport::Tls(Box::new(tls)),
             readable,
@@ -319,11 +317,12 @@ impl Tunnel {
     /// Enters SentConnect for `stage`'s hop with a request of its own: the
     /// hop's first authorization, or `answer` to its challenge.
     fn send_connect(&mut self, mut stage: HopStage, deadline: Instant, answer: Option<String>) {
-        let hop = &self.route.hops[stage.hop];
+        let route = std::rc::Rc::clone(&self.route);
+        let hop = &route.paths[self.path as usize].hops[stage.hop];
         let authorization =
             answer.or_else(|| stage.auth.first(&hop.proxy, &mut hop.learnt.borrow_mut()));
         let request = connect::build_request(
-            &self.route.connect_target(stage.hop).authority(),
+            &self.connect_target(stage.hop).authority(),
             authorization.as_deref(),
             &hop.proxy.headers,
         );
@@ -528,7 +527,8 @@ impl Tunnel {
         let State::ReadingHeaders(reading) = &mut self.state else {
             return Step::Done(Progress::Idle);
         };
-        let hop = &route.hops[reading.stage.hop];
+        let hops = &route.paths[self.path as usize].hops;
+        let hop = &hops[reading.stage.hop];
         if connect::is_success(head.status) {
             let State::ReadingHeaders(reading) =
                 std::mem::replace(&mut self.state, State::Forwarding)
@@ -552,7 +552,7 @@ impl Tunnel {
             let mut schemes = stage.earlier;
             schemes.push(stage.auth.sent());
             let next = stage.hop + 1;
-            if next == route.hops.len() {
+            if next == hops.len() {
                 self.start_forwarding(ctx.now, &schemes);
                 return Step::Done(Progress::Idle);
             }
@@ -566,7 +566,7 @@ impl Tunnel {
             }
             let stage = HopStage {
                 hop: next,
-                auth: auth::Session::new(route.connect_target(next).authority()),
+                auth: auth::Session::new(self.connect_target(next).authority()),
                 earlier: schemes,
             };
             self.send_connect(stage, deadline, None);
