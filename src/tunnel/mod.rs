@@ -43,6 +43,9 @@
 
 mod duplex;
 mod endpoint;
+mod failover;
+mod head;
+mod logline;
 mod route;
 mod upstream;
 
@@ -52,7 +55,7 @@ use std::net::SocketAddr;
 use std::rc::Rc;
 use std::time::{Duration, Instant};
 
-use log::{debug, info, warn};
+use log::{debug, info};
 use mio::net::TcpStream;
 use mio::{Registry, Token};
 
@@ -63,6 +66,7 @@ use crate::net;
 use crate::transport::Transport;
 use duplex::{Fault, Flow};
 use endpoint::Endpoint;
+pub use logline::Prefix;
 pub use route::{Hop, Path, Route};
 use upstream::{Reading, Resume, Sending};
 
@@ -446,59 +450,6 @@ impl Tunnel {
         }
     }
 
-    /// After an attempt ended: when the route was at fault and another is
-    /// left, the tunnel moves on to it (SPEC "Routes, failover and chains"):
-    /// the failed route is passed over by new tunnels for `proxy-backoff`,
-    /// the next one gets a `connect-timeout` of its own, and the client
-    /// notices nothing but the time.
-    fn settle(&mut self, mut progress: Progress, ctx: &mut Ctx<'_>) -> Progress {
-        while progress == Progress::Finished {
-            let State::Closing(Reason::Failed(failed)) = &self.state else {
-                break;
-            };
-            if !failed.route_failed {
-                break;
-            }
-            let why = failed.why.clone();
-            let route = Rc::clone(&self.route);
-            let path = &route.paths[self.path as usize];
-            if route.paths.len() > 1 {
-                let backoff = crate::config::DEFAULT_PROXY_BACKOFF;
-                if path.back_off(ctx.now + backoff) {
-                    warn!(
-                        "{}: route {} failed ({why}); new tunnels pass it over for {}",
-                        self.prefix(),
-                        path.label(),
-                        net::fmt_duration(backoff)
-                    );
-                }
-            }
-            self.remaining &= !(1u64 << self.path);
-            if self.remaining == 0 {
-                break;
-            }
-            let next = self.remaining.trailing_zeros() as u8;
-            debug!(
-                "{}: route {} failed: {why}; trying {}",
-                self.prefix(),
-                path.label(),
-                route.paths[next as usize].label()
-            );
-            self.upstream = None;
-            let ring = &mut self.upstream_to_client.ring;
-            ring.consume(ring.len());
-            self.connected = None;
-            self.path = next;
-            self.set_state(State::Accepting {
-                deadline: ctx.now + route.entry.options.connect_timeout,
-                reserve: None,
-                lookup: None,
-            });
-            progress = self.dial_now(ctx);
-        }
-        progress
-    }
-
     /// Prepares both sockets for closing, which happens when the tunnel is
     /// dropped. A reset on one side is passed on as a reset to the other.
     ///
@@ -689,63 +640,6 @@ impl Tunnel {
         if !matches!(self.state, State::Closing(_)) {
             self.set_state(State::Closing(Reason::Shutdown));
         }
-    }
-
-    /// Logs the tunnel's last line: `failed: ...` for a tunnel that never
-    /// reached Forwarding (at warn for a proxy's refusal), `closed ...` with
-    /// the counters otherwise.
-    pub fn log_end(&self, now: Instant) {
-        let reason = match &self.state {
-            State::Closing(r) => r,
-            _ => &Reason::Shutdown,
-        };
-        match reason {
-            Reason::Failed(f) if matches!(f.kind, Failure::ProxyStatus | Failure::ProxyAuth) => {
-                return warn!("{}: failed: {}", self.prefix(), f.why)
-            }
-            Reason::Failed(f) => return info!("{}: failed: {}", self.prefix(), f.why),
-            _ => {}
-        }
-        if self.forwarding_since.is_none() {
-            info!("{}: closed before forwarding: {reason}", self.prefix());
-            return;
-        }
-        let idle = now.saturating_duration_since(self.last_activity);
-        let max_idle = self.max_idle.max(idle);
-        let first = match self.first_closed {
-            Some(s) => s.to_string(),
-            None => "-".to_string(),
-        };
-        info!(
-            "{}: closed up={} down={} duration={} max-idle={} first={first} reason={reason}",
-            self.prefix(),
-            self.client_to_upstream.bytes,
-            self.upstream_to_client.bytes,
-            net::fmt_duration(now.saturating_duration_since(self.accepted)),
-            net::fmt_duration(max_idle),
-        );
-    }
-}
-
-/// Display helper for the log prefix of a tunnel.
-pub struct Prefix<'a>(&'a Tunnel);
-
-impl fmt::Display for Prefix<'_> {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        let t = self.0;
-        write!(
-            f,
-            "tunnel {} {} <- {} -> {}",
-            t.id,
-            t.route.entry.listen,
-            t.client_addr,
-            t.dest().authority()
-        )?;
-        let path = &t.route.paths[t.path as usize];
-        if !path.hops.is_empty() {
-            write!(f, " via {}", path.label())?;
-        }
-        Ok(())
     }
 }
 
