@@ -539,10 +539,7 @@ impl fmt::Display for Prefix<'_> {
         write!(
             f,
             "tunnel {} {} <- {} -> {}",
-            t.id,
-            t.route.entry.listen,
-            t.client_addr,
-            t.route.entry.dest.authority()
+            t.id, t.route.entry.listen, t.client_addr, t.route.entry.dest
         )?;
         for hop in &t.route.hops {
             write!(f, " via {}", hop.proxy.addr.authority())?;

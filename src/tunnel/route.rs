@@ -27,8 +27,11 @@ pub struct Hop {
 pub struct Route {
     /// The entry as configured.
     pub entry: Entry,
-    /// The proxies in order; empty for a direct entry.
+    /// The proxies in order of the entry's first route; empty for a direct
+    /// route. (Failover over `entry.routes` is the lead engineer's.)
     pub hops: Vec<Hop>,
+    /// Where the tunnel ends: the entry's fixed destination.
+    dest: HostPort,
     /// The first hop's address when it is an IP literal (no resolution).
     first_hop_ip: Option<SocketAddr>,
 }
@@ -37,16 +40,27 @@ impl Route {
     /// The route of `entry`.
     pub fn new(entry: Entry) -> Route {
         let hops: Vec<Hop> = entry
-            .proxy
+            .routes
+            .first()
+            .map(|r| r.hops.as_slice())
+            .unwrap_or_default()
             .iter()
             .map(|p| Hop {
                 proxy: p.clone(),
                 learnt: RefCell::default(),
             })
             .collect();
+        // client-named: the lead engineer wires the client stage. Until then
+        // a `socks`/`http` entry's tunnels aim at a name that never resolves
+        // (RFC 6761 `.invalid`), so they fail cleanly.
+        let dest = entry.dest.fixed().cloned().unwrap_or_else(|| HostPort {
+            host: "client-named.invalid".to_string(),
+            port: 1,
+        });
         let mut route = Route {
             entry,
             hops,
+            dest,
             first_hop_ip: None,
         };
         let first = route.first_hop();
@@ -72,7 +86,7 @@ impl Route {
     pub fn first_hop(&self) -> &HostPort {
         match self.hops.first() {
             Some(hop) => &hop.proxy.addr,
-            None => &self.entry.dest,
+            None => &self.dest,
         }
     }
 
@@ -86,13 +100,13 @@ impl Route {
     pub fn connect_target(&self, hop: usize) -> &HostPort {
         match self.hops.get(hop + 1) {
             Some(next) => &next.proxy.addr,
-            None => &self.entry.dest,
+            None => &self.dest,
         }
     }
 
     /// `dest` or `dest via proxy`, as in log lines.
     pub fn describe(&self) -> String {
-        let mut out = self.entry.dest.authority();
+        let mut out = self.entry.dest.to_string();
         for hop in &self.hops {
             out.push_str(" via ");
             out.push_str(&hop.proxy.addr.authority());
