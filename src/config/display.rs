@@ -371,4 +371,79 @@ defaults buffer=8k keepalive=off idle-timeout=90s header=X-Default:1
         assert_eq!(hp("2001:db8::1", 443).authority(), "[2001:db8::1]:443");
         assert_eq!(hp("::1", 1).to_string(), "[::1]:1");
     }
+
+    const OPTS: &str =
+        "connect-timeout=10s idle-timeout=0 keepalive=60s max-conns=unlimited buffer=256k";
+
+    #[test]
+    fn display_new_forms() {
+        type Case<'a> = (&'a str, &'a [(&'a str, &'a str)], String);
+        let cases: &[Case] = &[
+            (
+                "2222 h 22 http://p1:3128,https://u:pw@gw:443>http://10.1.2.3:8080,direct",
+                &[],
+                format!("127.0.0.1:2222 h 22 http://p1:3128,https://u:***@gw:443>http://10.1.2.3:8080,direct auth-scheme=auto {OPTS} proxy-backoff=30s proxy-verify=on"),
+            ),
+            (
+                "2222 h 22 direct",
+                &[],
+                format!("127.0.0.1:2222 h 22 {OPTS}"),
+            ),
+            (
+                "1080 socks",
+                &[],
+                format!("127.0.0.1:1080 socks {OPTS} allow=*"),
+            ),
+            (
+                "1080 http http://p:1 auth-file=secret proxy-backoff=1s proxy-ca=ca.pem proxy-verify=off allow=*.Corp.,[fd00::/8]:22-80",
+                &[],
+                format!("127.0.0.1:1080 http http://p:1 auth-file=/etc/ht/secret auth-scheme=auto {OPTS} proxy-backoff=1s proxy-ca=/etc/ht/ca.pem proxy-verify=off allow=.corp,[fd00::/8]:22-80"),
+            ),
+            (
+                "2222 h 22 env auth-scheme=ntlm",
+                &[("HTTPS_PROXY", "http://u:pw@proxy:3128"), ("NO_PROXY", ".corp")],
+                format!("127.0.0.1:2222 h 22 env auth-scheme=ntlm {OPTS} proxy-backoff=30s proxy-verify=on # env: HTTPS_PROXY=http://u:***@proxy:3128 NO_PROXY=.corp"),
+            ),
+            (
+                "2222 db.corp 22 env",
+                &[("http_proxy", "proxy:3128"), ("no_proxy", ".corp")],
+                format!("127.0.0.1:2222 db.corp 22 env {OPTS} proxy-backoff=30s proxy-verify=on # env: direct (no_proxy=.corp matches db.corp:22; http_proxy=http://proxy:3128)"),
+            ),
+            (
+                "2222 h 22 env",
+                &[],
+                format!("127.0.0.1:2222 h 22 env {OPTS} proxy-backoff=30s proxy-verify=on # env: direct (no proxy variable set)"),
+            ),
+            (
+                "2222 h 22 env auth=\"a b:pw\"",
+                &[("ALL_PROXY", "https://gw:443")],
+                format!("127.0.0.1:2222 h 22 env auth=\"a b:***\" auth-scheme=auto {OPTS} proxy-backoff=30s proxy-verify=on # env: ALL_PROXY=https://gw:443"),
+            ),
+        ];
+        for (line, vars, expected) in cases {
+            let entry = one_env(line, vars);
+            assert_eq!(&entry.to_string(), expected, "{line}");
+            // And it reads back the same, in the same environment.
+            let again = one_env(&entry.to_string(), vars);
+            assert!(masked(&entry).same_settings(&again), "{entry}\n{again}");
+            assert_eq!(again.to_string(), entry.to_string());
+        }
+        assert_eq!(
+            ok("2222 a 1\nmetrics 9100\n")
+                .metrics
+                .expect("metrics")
+                .to_string(),
+            "metrics 127.0.0.1:9100"
+        );
+    }
+
+    #[test]
+    fn log_forms_never_show_credentials() {
+        let entry = one("2222 h 22 https://u:pw@gw:443>http://v:pw@[::1]:8080,direct");
+        let routes: Vec<String> = entry.routes.iter().map(ToString::to_string).collect();
+        assert_eq!(routes, ["https://gw:443>http://[::1]:8080", "direct"]);
+        assert_eq!(entry.dest.to_string(), "h:22");
+        assert_eq!(one("1080 socks").dest.to_string(), "socks");
+        assert_eq!(one("1080 http").dest.to_string(), "http");
+    }
 }

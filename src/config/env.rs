@@ -423,4 +423,76 @@ mod tests {
             )
         );
     }
+
+    #[test]
+    fn env_entries() {
+        let vars = [
+            ("HTTPS_PROXY", "http://u:pw@proxy.corp:3128"),
+            ("NO_PROXY", ".internal,10.0.0.0/8"),
+        ];
+        let entry = one_env("2222 db.example 5432 env auth-scheme=digest", &vars);
+        let env = entry.env.clone().expect("env");
+        assert_eq!(env.variable, "HTTPS_PROXY");
+        let hop = proxy_of(&entry);
+        assert_eq!(hop.addr, hp("proxy.corp", 3128));
+        assert_eq!(hop.credentials, Some(creds("u", "pw")));
+        assert_eq!(hop.auth_scheme, AuthScheme::Digest);
+        assert!(entry.is_proxied());
+        // NO_PROXY matching a fixed destination: direct.
+        for dest in ["db.internal 5432", "10.1.2.3 22", "DB.Internal. 1"] {
+            let entry = one_env(&format!("2222 {dest} env"), &vars);
+            assert!(entry.routes[0].is_direct(), "{dest}");
+            assert_eq!(entry.routes.len(), 1);
+            assert!(entry.env.is_some());
+        }
+        // A client-named entry keeps the proxy; the engine checks NO_PROXY.
+        let entry = one_env("1080 socks env", &vars);
+        assert_eq!(proxy_of(&entry).addr, hp("proxy.corp", 3128));
+        assert!(entry.env.expect("env").no_proxy.matches("x.internal"));
+        // Nothing set: direct, and proxy options are still accepted.
+        let entry = one_env("2222 h 22 env auth=a:b proxy-backoff=5s", &[]);
+        assert!(entry.routes[0].is_direct());
+        assert_eq!(entry.env.as_ref().expect("env").variable, "");
+        assert_eq!(
+            entry.options.proxy_backoff,
+            std::time::Duration::from_secs(5)
+        );
+        // The variable's credentials win over auth, without an error.
+        let entry = one_env("2222 h 22 env auth=a:b", &vars);
+        assert_eq!(proxy_of(&entry).credentials, Some(creds("u", "pw")));
+        let entry = one_env("2222 h 22 ENV auth=a:b", &[("http_proxy", "p:1")]);
+        assert_eq!(proxy_of(&entry).credentials, Some(creds("a", "b")));
+        // https:// from the environment.
+        let entry = one_env("2222 h 22 env", &[("ALL_PROXY", "https://gw:443")]);
+        assert!(proxy_of(&entry).tls);
+    }
+
+    #[test]
+    fn env_errors_name_the_variable_on_every_env_line() {
+        assert_eq!(
+            errs_env("2222 h 22 env\n2223 h 22\n2224 h 22 env\n", &[("HTTPS_PROXY", "socks5://p:1080")]),
+            [
+                "x.conf:1: HTTPS_PROXY: unsupported proxy scheme \"socks5\" in URL: only http:// and https:// are supported",
+                "x.conf:3: HTTPS_PROXY: unsupported proxy scheme \"socks5\" in URL: only http:// and https:// are supported",
+            ]
+        );
+        assert_eq!(
+            errs_env("2222 h 22 env", &[("http_proxy", "proxy")]),
+            ["x.conf:1: http_proxy: URL needs a port: expected http://[USER:PASSWORD@]HOST:PORT"]
+        );
+        assert_eq!(
+            errs_env("2222 h 22 env", &[("NO_PROXY", "10.0.0.0/99")]),
+            ["x.conf:1: NO_PROXY: invalid entry \"10.0.0.0/99\": prefix length \"99\" out of range 0-32"]
+        );
+        // Without an `env` entry the environment is not even read.
+        ok("2222 h 22");
+        let listen_loop = errs_env("2222 http env", &[("HTTPS_PROXY", "127.0.0.1:2222")]);
+        assert_eq!(
+            listen_loop,
+            ["x.conf:1: proxy 127.0.0.1:2222 (from HTTPS_PROXY) is this entry's own listen address 127.0.0.1:2222: the tunnel would connect to itself"]
+        );
+        for error in errs_env("2222 h 22 env", &[("HTTPS_PROXY", "http://u:sekrit@p!:1")]) {
+            assert!(!error.contains("sekrit"), "{error}");
+        }
+    }
 }

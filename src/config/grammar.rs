@@ -15,19 +15,15 @@ use std::collections::HashMap;
 use std::io;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::path::{Path, PathBuf};
-use std::time::Duration;
 
 use super::allow::Allow;
 use super::env::{self, EnvProxy};
 use super::key::Key;
 use super::lex::{split_fields, Field};
+use super::options::{LineOptions, OptionParser, Shape};
 use super::routes::{build_routes, note, proxy_field, FirstHop, ParsedRoute, ProxyField};
 use super::url::{redact, UrlHop};
-use super::values::{
-    check_credentials, parse_auth, parse_buffer, parse_connect_timeout, parse_header, parse_host,
-    parse_idle_timeout, parse_keepalive, parse_listen, parse_max_conns, parse_port,
-    parse_proxy_backoff, parse_proxy_verify,
-};
+use super::values::{parse_host, parse_listen, parse_port};
 use super::{AuthScheme, Credentials, Dest, Entry, HostPort, Metrics, Options};
 
 /// The expected form of an entry line, quoted by field-count messages.
@@ -101,66 +97,6 @@ struct Defaults {
     allow: Option<Vec<Allow>>,
 }
 
-/// The options written on one line, each parsed and valid.
-#[derive(Debug, Default)]
-struct LineOptions {
-    auth: Option<Credentials>,
-    auth_file: Option<(PathBuf, Credentials)>,
-    auth_scheme: Option<AuthScheme>,
-    headers: Vec<String>,
-    connect_timeout: Option<Duration>,
-    idle_timeout: Option<Option<Duration>>,
-    keepalive: Option<Option<Duration>>,
-    max_conns: Option<Option<usize>>,
-    buffer: Option<usize>,
-    proxy_backoff: Option<Duration>,
-    proxy_ca: Option<PathBuf>,
-    proxy_verify: Option<bool>,
-    /// Every `allow=` value's patterns, in order.
-    allow: Vec<Allow>,
-    /// Some `allow=` value held a plain `*`.
-    allow_all: bool,
-    /// Keys written on the line, valid value or not, each once.
-    seen: Vec<Key>,
-}
-
-impl LineOptions {
-    fn has(&self, key: Key) -> bool {
-        self.seen.contains(&key)
-    }
-
-    /// The line's `allow` list (empty = every destination).
-    fn allow(&self) -> Vec<Allow> {
-        if self.allow_all {
-            Vec::new()
-        } else {
-            let mut out: Vec<Allow> = Vec::new();
-            for a in &self.allow {
-                if !out.contains(a) {
-                    out.push(a.clone());
-                }
-            }
-            out
-        }
-    }
-}
-
-/// What kind of entry a line is, as far as its options care; `None` where
-/// the line is too broken to tell (no option is refused then).
-#[derive(Debug, Clone, Copy)]
-struct Shape {
-    proxied: Option<bool>,
-    client_named: Option<bool>,
-}
-
-impl Shape {
-    /// A `defaults` line: every key is welcome.
-    const DEFAULTS: Shape = Shape {
-        proxied: None,
-        client_named: None,
-    };
-}
-
 /// The state of one parse: the defaults set so far, the entries and the
 /// problems found.
 struct Parser<'a> {
@@ -178,6 +114,20 @@ struct Parser<'a> {
 }
 
 impl Parser<'_> {
+    /// Parses the options of a line (see [`OptionParser::parse`]).
+    fn options(
+        &mut self,
+        fields: &[&Field],
+        shape: Shape,
+        errors: &mut Vec<String>,
+    ) -> LineOptions {
+        OptionParser {
+            base_dir: self.base_dir,
+            read_file: &mut *self.read_file,
+        }
+        .parse(fields, shape, errors)
+    }
+
     /// Handles one line; returns its problems.
     fn line(&mut self, line_no: usize, line: &str) -> Vec<String> {
         let fields = match split_fields(line) {
@@ -524,126 +474,6 @@ impl Parser<'_> {
             },
         }
     }
-
-    /// Parses the `KEY=VALUE` fields of a line. Proxy-only keys are refused
-    /// when `shape.proxied` is `Some(false)`, `allow` when
-    /// `shape.client_named` is `Some(false)`.
-    fn options(
-        &mut self,
-        fields: &[&Field],
-        shape: Shape,
-        errors: &mut Vec<String>,
-    ) -> LineOptions {
-        let mut line = LineOptions::default();
-        for field in fields {
-            let Some((key_text, value)) = field.option() else {
-                continue;
-            };
-            let key: Key = match key_text.parse() {
-                Ok(key) => key,
-                Err(message) => {
-                    errors.push(message);
-                    continue;
-                }
-            };
-            let first_time = !line.has(key);
-            if !first_time && !key.repeatable() {
-                errors.push(format!("option {:?} given twice", key.as_str()));
-                continue;
-            }
-            if first_time {
-                line.seen.push(key);
-            }
-            let refused = if shape.proxied == Some(false) && key.needs_proxy() {
-                Some("needs a proxy")
-            } else if shape.client_named == Some(false) && key == Key::Allow {
-                Some("needs a socks or http entry (where the client names the destination)")
-            } else {
-                None
-            };
-            if let Some(why) = refused {
-                // Once per key, however many `header=` the line has.
-                if first_time {
-                    errors.push(format!("option {:?} {why}", key.as_str()));
-                }
-                continue;
-            }
-            // Exhaustive on purpose: a key added to `Key` must be handled here.
-            let result = match key {
-                Key::Auth => parse_auth(value).map(|c| line.auth = Some(c)),
-                Key::AuthFile => self.auth_file(value).map(|f| line.auth_file = Some(f)),
-                Key::AuthScheme => value
-                    .parse()
-                    .map(|s| line.auth_scheme = Some(s))
-                    .map_err(|reason| format!("invalid auth-scheme {value:?}: {reason}")),
-                Key::Header => parse_header(value).map(|h| line.headers.push(h)),
-                Key::ConnectTimeout => {
-                    parse_connect_timeout(value).map(|d| line.connect_timeout = Some(d))
-                }
-                Key::IdleTimeout => parse_idle_timeout(value).map(|d| line.idle_timeout = Some(d)),
-                Key::Keepalive => parse_keepalive(value).map(|d| line.keepalive = Some(d)),
-                Key::MaxConns => parse_max_conns(value).map(|n| line.max_conns = Some(n)),
-                Key::Buffer => parse_buffer(value).map(|n| line.buffer = Some(n)),
-                Key::ProxyBackoff => {
-                    parse_proxy_backoff(value).map(|d| line.proxy_backoff = Some(d))
-                }
-                Key::ProxyCa => self.proxy_ca(value).map(|p| line.proxy_ca = Some(p)),
-                Key::ProxyVerify => parse_proxy_verify(value).map(|v| line.proxy_verify = Some(v)),
-                Key::Allow => Allow::parse_list(value).map(|list| {
-                    line.allow_all |= list.is_empty();
-                    line.allow.extend(list);
-                }),
-            };
-            if let Err(message) = result {
-                errors.push(message);
-            }
-        }
-        line
-    }
-
-    /// Resolves and reads an `auth-file`.
-    fn auth_file(&mut self, value: &str) -> Result<(PathBuf, Credentials), String> {
-        if value.is_empty() {
-            return Err("invalid auth-file \"\": expected a path".to_string());
-        }
-        let path = self.base_dir.join(value);
-        let shown = path.display().to_string();
-        let text =
-            (self.read_file)(&path).map_err(|e| format!("cannot read auth-file {shown:?}: {e}"))?;
-        let first = text.split('\n').next().unwrap_or("");
-        let first = first.strip_prefix('\u{feff}').unwrap_or(first);
-        let first = first.trim_end_matches(['\r', '\n']);
-        let (user, password) = first.split_once(':').ok_or_else(|| {
-            format!("invalid auth-file {shown:?}: first line must be USER:PASSWORD")
-        })?;
-        check_credentials(user, password)
-            .map_err(|reason| format!("invalid auth-file {shown:?}: first line: {reason}"))?;
-        Ok((
-            path,
-            Credentials {
-                user: user.to_string(),
-                password: password.to_string(),
-            },
-        ))
-    }
-
-    /// Resolves a `proxy-ca` and checks that it can be read and holds a
-    /// PEM certificate; the engine loads the certificates.
-    fn proxy_ca(&mut self, value: &str) -> Result<PathBuf, String> {
-        if value.is_empty() {
-            return Err("invalid proxy-ca \"\": expected a path".to_string());
-        }
-        let path = self.base_dir.join(value);
-        let shown = path.display().to_string();
-        let text =
-            (self.read_file)(&path).map_err(|e| format!("cannot read proxy-ca {shown:?}: {e}"))?;
-        if !text.contains("-----BEGIN CERTIFICATE-----") {
-            return Err(format!(
-                "invalid proxy-ca {shown:?}: no PEM certificate (-----BEGIN CERTIFICATE-----) in it"
-            ));
-        }
-        Ok(path)
-    }
 }
 
 /// `Some(Socks | Http)` when the line is a client-named entry: its second
@@ -722,6 +552,7 @@ mod tests {
     use super::*;
     use crate::config::test_support::*;
     use crate::config::{parse_str, Proxy, RouteSpec, DEFAULT_BUFFER, DEFAULT_CONNECT_TIMEOUT};
+    use std::time::Duration;
 
     #[test]
     fn blank_lines_comments_crlf_bom_and_no_final_newline() {
@@ -1209,5 +1040,100 @@ mod tests {
             errs("defaults buffer=8k\ndefaults buffer=1g\n2222 a 1\n2223 b 2\n").len(),
             1
         );
+    }
+
+    #[test]
+    fn proxy_backoff_ca_and_verify() {
+        let entry = one("2222 h 22 p 1 proxy-backoff=1s proxy-ca=ca.pem proxy-verify=OFF");
+        assert_eq!(entry.options.proxy_backoff, Duration::from_secs(1));
+        assert_eq!(
+            entry.options.proxy_ca,
+            Some(PathBuf::from("/etc/ht/ca.pem"))
+        );
+        assert!(!entry.options.proxy_verify);
+        let entry = one("2222 h 22 https://gw:443 proxy-ca=/etc/ht/ca.pem proxy-verify=on");
+        assert_eq!(
+            entry.options.proxy_ca,
+            Some(PathBuf::from("/etc/ht/ca.pem"))
+        );
+        assert!(entry.options.proxy_verify);
+        for (option, message) in [
+            ("proxy-backoff=0", "proxy-backoff must be more than 0"),
+            ("proxy-backoff=soon", "invalid proxy-backoff \"soon\": expected a number with ms, s, m or h, e.g. 250ms, 10s, 5m, 1h"),
+            ("proxy-verify=no", "invalid proxy-verify \"no\": expected on or off"),
+            ("proxy-ca=missing.pem", "cannot read proxy-ca \"/etc/ht/missing.pem\": no such file"),
+            ("proxy-ca=key.pem", "invalid proxy-ca \"/etc/ht/key.pem\": no PEM certificate (-----BEGIN CERTIFICATE-----) in it"),
+            ("proxy-ca=\"\"", "invalid proxy-ca \"\": expected a path"),
+            ("auth-scheme=negotiat", "invalid auth-scheme \"negotiat\": expected auto, basic, digest, ntlm or negotiate"),
+        ] {
+            assert_eq!(err1(&format!("2222 h 22 p 1 {option}")), format!("x.conf:1: {option_message}", option_message = message), "{option}");
+        }
+        assert_eq!(
+            proxy_of(&one("2222 h 22 p 1 auth-scheme=Negotiate")).auth_scheme,
+            AuthScheme::Negotiate
+        );
+        // Proxy-only on a direct entry, whatever the value.
+        for key in ["proxy-backoff=1s", "proxy-ca=nowhere", "proxy-verify=maybe"] {
+            let name = key.split('=').next().expect("key");
+            for line in [
+                format!("2222 h 22 {key}"),
+                format!("2222 h 22 direct {key}"),
+                format!("1080 socks {key}"),
+            ] {
+                assert_eq!(
+                    err1(&line),
+                    format!("x.conf:1: option \"{name}\" needs a proxy"),
+                    "{line}"
+                );
+            }
+        }
+        // Defaults: proxied entries only.
+        let config = ok("defaults proxy-backoff=2m proxy-ca=ca.pem proxy-verify=off\n2222 a 1\n2223 b 2 p 1\n2224 c 3 env\n");
+        assert_eq!(config.entries[0].options, Options::default());
+        for entry in &config.entries[1..] {
+            assert_eq!(entry.options.proxy_backoff, Duration::from_secs(120));
+            assert_eq!(
+                entry.options.proxy_ca,
+                Some(PathBuf::from("/etc/ht/ca.pem"))
+            );
+            assert!(!entry.options.proxy_verify);
+        }
+        assert_eq!(
+            err1("defaults proxy-ca=missing.pem\n2222 a 1\n"),
+            "x.conf:1: cannot read proxy-ca \"/etc/ht/missing.pem\": no such file"
+        );
+    }
+
+    #[test]
+    fn metrics_line() {
+        let config = ok("metrics 9100\n2222 a 1\n");
+        assert_eq!(
+            config.metrics,
+            Some(crate::config::Metrics {
+                line: 1,
+                listen: sa("127.0.0.1:9100")
+            })
+        );
+        assert_eq!(
+            ok("2222 a 1\nmetrics [::1]:9100\n")
+                .metrics
+                .expect("metrics")
+                .listen,
+            sa("[::1]:9100")
+        );
+        assert_eq!(ok("2222 a 1\n").metrics, None);
+        for (text, message) in [
+            ("metrics\n2222 a 1\n", "x.conf:1: missing LISTEN after metrics: expected metrics LISTEN"),
+            ("metrics 9100 9101\n2222 a 1\n", "x.conf:1: unexpected field \"9101\" after metrics LISTEN: expected metrics LISTEN"),
+            ("metrics 9100 buffer=4k\n2222 a 1\n", "x.conf:1: unexpected field \"buffer=4k\" after metrics LISTEN: expected metrics LISTEN"),
+            ("metrics host:9100\n2222 a 1\n", "x.conf:1: invalid LISTEN \"host:9100\": \"host\" is a host name; listen on an IP address, e.g. 127.0.0.1"),
+            ("metrics 9100\n2222 a 1\nmetrics 9101\n", "x.conf:3: metrics given twice (first on line 1)"),
+            ("metrics 2222\n2222 a 1\n", "x.conf:2: duplicate listen address 127.0.0.1:2222 (first on line 1)"),
+            ("2222 a 1\nmetrics 127.0.0.1:2222\n", "x.conf:2: duplicate listen address 127.0.0.1:2222 (first on line 1)"),
+        ] {
+            assert_eq!(err1(text), message, "{text:?}");
+        }
+        // A metrics line alone is no configuration.
+        assert_eq!(errs("metrics 9100\n").len(), 1);
     }
 }

@@ -15,6 +15,7 @@
 //! - `key`: the option keys, and "did you mean" for an unknown one;
 //! - `grammar`: entry, `defaults` and `metrics` lines, options, merging the
 //!   defaults;
+//! - `options`: the `KEY=VALUE` options of one line;
 //! - `routes`: the PROXY field (classic, `env`, route lists) and building the
 //!   routes of an entry from it;
 //! - `env`: the proxy from the environment and `NO_PROXY` ([`EnvProxy`],
@@ -34,6 +35,7 @@ mod env;
 mod grammar;
 mod key;
 mod lex;
+mod options;
 mod routes;
 #[cfg(test)]
 mod test_support;
@@ -647,6 +649,18 @@ mod tests {
             Just("keepalive=off".to_string()),
             Just("max-conns=3".to_string()),
             Just("buffer=16k".to_string()),
+            Just("socks".to_string()),
+            Just("http".to_string()),
+            Just("env".to_string()),
+            Just("direct".to_string()),
+            Just("metrics".to_string()),
+            Just("http://a:1,direct".to_string()),
+            Just("https://u:p@b:2>http://c:3".to_string()),
+            Just(",>".to_string()),
+            Just("allow=.a,10.0.0.0/8:22".to_string()),
+            Just("proxy-backoff=1s".to_string()),
+            Just("proxy-ca=ca.pem".to_string()),
+            Just("proxy-verify=off".to_string()),
             "[a-z=:@/%\\[\\]\"#\\\\0-9.-]{0,12}",
         ]
     }
@@ -675,6 +689,8 @@ mod tests {
             Just("::1"),
             Just("[2001:db8::5]"),
             Just("a_b.c-d.example."),
+            Just("socks"),
+            Just("http"),
         ];
         let proxy = prop_oneof![
             Just(None),
@@ -683,7 +699,55 @@ mod tests {
             Just(Some("http://proxy:3128")),
             Just(Some("http://us%20er:p%40ss@[::1]:8080/")),
             Just(Some("auth-file")),
+            Just(Some("env")),
+            Just(Some("direct")),
+            Just(Some("routes")),
         ];
+        // A route list of distinct routes: each hop's port is unique.
+        let hop = (
+            any::<bool>(),
+            prop::option::of("[a-z]{1,4}"),
+            prop_oneof![Just("p.corp"), Just("10.0.0.1"), Just("[fd00::1]")],
+        );
+        let route = prop::option::of(prop::collection::vec(hop, 1..4));
+        let routes = prop::collection::vec(route, 1..4).prop_map(|routes| {
+            let mut direct_seen = false;
+            let mut out = Vec::new();
+            for (i, route) in routes.into_iter().enumerate() {
+                match route {
+                    None if direct_seen => continue,
+                    None => {
+                        direct_seen = true;
+                        out.push("direct".to_string());
+                    }
+                    Some(hops) => out.push(
+                        hops.into_iter()
+                            .enumerate()
+                            .map(|(j, (tls, user, host))| {
+                                let scheme = if tls { "https" } else { "http" };
+                                let info = user.map(|u| format!("{u}:pw@")).unwrap_or_default();
+                                format!("{scheme}://{info}{host}:{}", 1000 + i * 10 + j)
+                            })
+                            .collect::<Vec<_>>()
+                            .join(">"),
+                    ),
+                }
+            }
+            out.join(",")
+        });
+        let allow = prop::option::of(prop_oneof![
+            Just("allow=*"),
+            Just("allow=.example.org,10.0.0.0/8:22"),
+            Just("allow=[fd00::/8]:22-80 allow=git.example.org"),
+        ]);
+        let tls_options = (
+            prop::option::of((1u64..100_000).prop_map(|n| format!("proxy-backoff={n}ms"))),
+            prop::option::of(Just("proxy-ca=ca.pem".to_string())),
+            prop::option::of(prop_oneof![
+                Just("proxy-verify=on".to_string()),
+                Just("proxy-verify=off".to_string())
+            ]),
+        );
         let header = ("[A-Za-z][A-Za-z0-9-]{0,10}", "[ -~]{0,20}")
             .prop_filter("refused names", |(name, _)| {
                 ![
@@ -716,25 +780,49 @@ mod tests {
             ]),
             prop::collection::vec(header, 0..3),
         );
-        (listen, dest, 1u16.., proxy, options, proxy_options).prop_map(
-            |(listen, dest, port, proxy, options, (scheme, headers))| {
-                let mut fields = vec![listen.to_string(), dest.to_string(), port.to_string()];
-                let (o1, o2, o3, o4, o5) = options;
-                match proxy {
-                    None => {}
-                    Some("auth-file") => {
-                        fields.push("p 1 auth-file=secret".to_string());
-                    }
-                    Some(p) => fields.push(p.to_string()),
-                }
-                if proxy.is_some() {
-                    fields.extend(scheme.map(str::to_string));
-                    fields.extend(headers);
-                }
-                fields.extend([o1, o2, o3, o4, o5].into_iter().flatten());
-                fields.join(" ")
-            },
+        (
+            listen,
+            dest,
+            1u16..,
+            proxy,
+            options,
+            proxy_options,
+            (routes, allow, tls_options),
         )
+            .prop_map(
+                |(listen, dest, port, proxy, options, (scheme, headers), (routes, allow, tls))| {
+                    let client_named = matches!(dest, "socks" | "http");
+                    let mut fields = vec![listen.to_string(), dest.to_string()];
+                    if !client_named {
+                        fields.push(port.to_string());
+                    }
+                    let (o1, o2, o3, o4, o5) = options;
+                    match proxy {
+                        None | Some("direct") => {}
+                        Some("auth-file") => {
+                            fields.push("p 1 auth-file=secret".to_string());
+                        }
+                        Some("routes") => fields.push(routes.clone()),
+                        Some(p) => fields.push(p.to_string()),
+                    }
+                    let proxied = match proxy {
+                        None | Some("direct") => false,
+                        Some("routes") => routes != "direct",
+                        Some(_) => true,
+                    };
+                    if proxied {
+                        fields.extend(scheme.map(str::to_string));
+                        fields.extend(headers);
+                        let (b, c, v) = tls;
+                        fields.extend([b, c, v].into_iter().flatten());
+                    }
+                    if client_named {
+                        fields.extend(allow.map(str::to_string));
+                    }
+                    fields.extend([o1, o2, o3, o4, o5].into_iter().flatten());
+                    fields.join(" ")
+                },
+            )
     }
 
     proptest! {

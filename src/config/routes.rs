@@ -285,3 +285,247 @@ pub(super) fn note<T>(result: Result<T, String>, errors: &mut Vec<String>) -> Op
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use crate::config::test_support::*;
+    use crate::config::{AuthScheme, Dest, PathBuf, Proxy, RouteSpec};
+
+    /// The routes of a line as `--check` shows them in logs.
+    fn shown(line: &str) -> Vec<String> {
+        one(line).routes.iter().map(ToString::to_string).collect()
+    }
+
+    fn plain(host: &str, port: u16) -> Proxy {
+        Proxy {
+            addr: hp(host, port),
+            tls: false,
+            credentials: None,
+            auth_file: None,
+            auth_scheme: AuthScheme::Auto,
+            headers: vec![],
+        }
+    }
+
+    #[test]
+    fn route_list_forms() {
+        assert_eq!(shown("2222 h 22 http://p:3128"), ["http://p:3128"]);
+        assert_eq!(
+            shown("2222 h 22 https://gw.corp:443"),
+            ["https://gw.corp:443"]
+        );
+        assert_eq!(
+            shown("2222 h 22 http://p1.corp:3128,http://p2.corp:3128,direct"),
+            ["http://p1.corp:3128", "http://p2.corp:3128", "direct"]
+        );
+        assert_eq!(
+            shown("2222 h 22 https://gw.corp:443>http://10.1.2.3:8080"),
+            ["https://gw.corp:443>http://10.1.2.3:8080"]
+        );
+        assert_eq!(
+            shown("2222 h 22 direct,HTTPS://[::1]:1>http://a:2>http://b:3,http://c:4"),
+            [
+                "direct",
+                "https://[::1]:1>http://a:2>http://b:3",
+                "http://c:4"
+            ]
+        );
+        // `direct` alone (any case) is a direct entry.
+        for line in ["2222 h 22 direct", "2222 h 22 DIRECT", "2222 h 22"] {
+            let entry = one(line);
+            assert_eq!(entry.routes, [RouteSpec::direct()], "{line}");
+            assert!(!entry.is_proxied());
+        }
+        // As the last field only: `direct 3128` is a proxy host called direct.
+        assert_eq!(shown("2222 h 22 direct 3128"), ["http://direct:3128"]);
+        assert_eq!(shown("2222 h 22 env 3128"), ["http://env:3128"]);
+        let entry = one("2222 h 22 http://p:1>https://q:2,direct");
+        assert_eq!(entry.routes[0].hops[0], plain("p", 1));
+        assert_eq!(
+            entry.routes[0].hops[1],
+            Proxy {
+                tls: true,
+                ..plain("q", 2)
+            }
+        );
+        assert!(entry.is_proxied());
+    }
+
+    #[test]
+    fn proxy_options_go_to_every_first_hop_and_url_credentials_win() {
+        let entry = one(
+            "2222 h 22 http://a:1>http://u2:p2@b:2,http://own:pw@c:3,http://d:4 auth=alice:s auth-scheme=digest header=X-A:1",
+        );
+        let with = |proxy: Proxy, user: &str, pw: &str| Proxy {
+            credentials: Some(creds(user, pw)),
+            auth_scheme: AuthScheme::Digest,
+            headers: vec!["X-A: 1".into()],
+            ..proxy
+        };
+        assert_eq!(
+            entry.routes,
+            [
+                RouteSpec {
+                    hops: vec![
+                        with(plain("a", 1), "alice", "s"),
+                        Proxy {
+                            credentials: Some(creds("u2", "p2")),
+                            ..plain("b", 2)
+                        },
+                    ]
+                },
+                RouteSpec {
+                    hops: vec![with(plain("c", 3), "own", "pw")]
+                },
+                RouteSpec {
+                    hops: vec![with(plain("d", 4), "alice", "s")]
+                },
+            ]
+        );
+        let entry = one("2222 h 22 http://u:p@a:1,http://b:2 auth-file=secret");
+        assert_eq!(entry.routes[0].hops[0].auth_file, None);
+        assert_eq!(
+            entry.routes[1].hops[0].auth_file,
+            Some(PathBuf::from("/etc/ht/secret"))
+        );
+        assert_eq!(
+            entry.routes[1].hops[0].credentials,
+            Some(creds("alice", "s3cret"))
+        );
+        // Where every first hop has its own, `auth` would reach no hop.
+        assert_eq!(
+            err1("2222 h 22 http://u:p@a:1,http://v:q@b:2>http://c:3 auth=x:y"),
+            "x.conf:1: credentials given twice: in PROXY_URL and in auth (keep one)"
+        );
+        // Defaults credentials are simply not used there.
+        ok("defaults auth=x:y\n2222 h 22 http://u:p@a:1,direct\n");
+        // A direct route in the list: still a proxied entry.
+        ok("2222 h 22 direct,http://a:1 auth=x:y proxy-backoff=5s");
+    }
+
+    #[test]
+    fn route_list_errors_name_the_field() {
+        for (proxy, message) in [
+            ("http://a:1,,http://b:2", "invalid PROXY: route 2 is empty (two ',' in a row)"),
+            (",http://a:1", "invalid PROXY: route 1 is empty (',' at the start)"),
+            ("http://a:1,", "invalid PROXY: route 2 is empty (',' at the end)"),
+            (">http://a:1", "invalid PROXY: '>' at the start of route 1"),
+            ("http://a:1>", "invalid PROXY: '>' at the end of route 1"),
+            ("http://a:1>>http://b:2", "invalid PROXY: two '>' in a row in route 1"),
+            ("direct,http://a:1>", "invalid PROXY: '>' at the end of route 2"),
+            (">", "invalid PROXY: '>' at the start of route 1"),
+            ("direct>http://x:1", "invalid PROXY: direct inside a chain in route 1: direct is a route of its own (separate routes with ',')"),
+            ("http://x:1>direct", "invalid PROXY: direct inside a chain in route 1: direct is a route of its own (separate routes with ',')"),
+            ("socks5://p:1080", "unsupported proxy scheme \"socks5\" in PROXY_URL: only http:// and https:// are supported"),
+            ("http://a:1,socks5://p:1080", "PROXY route 2: unsupported proxy scheme \"socks5\" in PROXY_URL: only http:// and https:// are supported"),
+            ("http://a:1>socks4://p:1080", "PROXY route 1 hop 2: unsupported proxy scheme \"socks4\" in PROXY_URL: only http:// and https:// are supported"),
+            ("http://a:1,p:3128", "PROXY route 2: invalid PROXY_URL: expected http://[USER:PASSWORD@]HOST:PORT"),
+            ("http://a:1,http://b", "PROXY route 2: PROXY_URL needs a port: expected http://[USER:PASSWORD@]HOST:PORT"),
+            ("http://a:1,http://a:1", "invalid PROXY: route 2 is the same as route 1"),
+            ("http://u:p@a:1,direct,HTTP://a:1/", "invalid PROXY: route 3 is the same as route 1"),
+            ("direct,http://a:1,direct", "invalid PROXY: route 3 is the same as route 1"),
+        ] {
+            assert_eq!(
+                err1(&format!("2222 h 22 {proxy}")),
+                format!("x.conf:1: {message}"),
+                "{proxy}"
+            );
+        }
+        // Different schemes or chains are different routes.
+        ok("2222 h 22 http://a:1,https://a:1,http://a:1>http://b:2");
+        // Every bad route is reported.
+        assert_eq!(
+            errs("2222 h 22 ,http://a:1>,direct>http://b:2"),
+            [
+                "x.conf:1: invalid PROXY: route 1 is empty (',' at the start)",
+                "x.conf:1: invalid PROXY: '>' at the end of route 2",
+                "x.conf:1: invalid PROXY: direct inside a chain in route 3: direct is a route of its own (separate routes with ',')",
+            ]
+        );
+    }
+
+    #[test]
+    fn white_space_inside_the_route_list() {
+        let message = "x.conf:1: white space inside PROXY: write the route list as one field, e.g. http://p1:3128,http://p2:3128,direct";
+        for proxy in [
+            "http://a:1, http://b:2",
+            "http://a:1 ,http://b:2",
+            "http://a:1 , http://b:2",
+            "http://a:1 > http://b:2",
+            "http://a:1> http://b:2",
+            "http://a:1 http://b:2",
+            "http://a:1 direct",
+            "direct ,http://a:1",
+            "direct, http://a:1",
+        ] {
+            assert_eq!(err1(&format!("2222 h 22 {proxy}")), message, "{proxy}");
+        }
+        // Not a list cut in two: the messages of before.
+        assert_eq!(
+            err1("2222 h 22 http://a:1,http://b:2 3128"),
+            "x.conf:1: unexpected field \"3128\" after PROXY: expected LISTEN DEST_HOST DEST_PORT [PROXY_HOST PROXY_PORT | PROXY_URL] [KEY=VALUE ...]"
+        );
+    }
+
+    #[test]
+    fn client_named_entries() {
+        let entry = one("1080 socks");
+        assert_eq!(entry.dest, Dest::Socks);
+        assert_eq!(entry.routes, [RouteSpec::direct()]);
+        assert_eq!(one("8080 http").dest, Dest::Http);
+        let entry = one("1080 socks proxy 3128");
+        assert_eq!(
+            (entry.dest.clone(), proxy_of(&entry).addr),
+            (Dest::Socks, hp("proxy", 3128))
+        );
+        let entry = one("1080 http http://a:1,direct auth=u:p");
+        assert_eq!(entry.routes.len(), 2);
+        assert_eq!(proxy_of(&entry).credentials, Some(creds("u", "p")));
+        assert_eq!(one("1080 socks direct").routes, [RouteSpec::direct()]);
+        // A port as the third field: a fixed entry to a host called socks.
+        let entry = one("1080 socks 22");
+        assert_eq!(entry.dest, Dest::Fixed(hp("socks", 22)));
+        assert_eq!(
+            one("1080 http 80 proxy 3128").dest,
+            Dest::Fixed(hp("http", 80))
+        );
+        // Exactly `socks` and `http`.
+        assert_eq!(
+            err1("1080 SOCKS"),
+            "x.conf:1: missing DEST_PORT: expected LISTEN DEST_HOST DEST_PORT [PROXY_HOST PROXY_PORT | PROXY_URL] [KEY=VALUE ...]"
+        );
+        assert_eq!(
+            err1("1080 socks proxy"),
+            "x.conf:1: missing PROXY_PORT after PROXY_HOST \"proxy\": write the proxy as PROXY_HOST PROXY_PORT or as http://HOST:PORT"
+        );
+        assert_eq!(
+            err1("1080 socks proxy 3128 extra"),
+            "x.conf:1: unexpected field \"extra\" after PROXY_PORT: expected LISTEN socks|http [PROXY] [KEY=VALUE ...]"
+        );
+        assert_eq!(
+            err1("1080 http auth=u:p"),
+            "x.conf:1: option \"auth\" needs a proxy"
+        );
+        // A client-named entry has no fixed first hop to compare when direct,
+        // but its proxies are checked.
+        ok("127.0.0.1:1080 socks");
+        assert_eq!(
+            err1("1080 socks http://127.0.0.1:1080"),
+            "x.conf:1: proxy 127.0.0.1:1080 is this entry's own listen address 127.0.0.1:1080: the tunnel would connect to itself"
+        );
+    }
+
+    #[test]
+    fn self_connect_is_checked_for_the_first_hop_of_every_route() {
+        assert_eq!(
+            err1("2222 h 22 http://p:1,http://127.0.0.1:2222>http://q:2"),
+            "x.conf:1: proxy 127.0.0.1:2222 is this entry's own listen address 127.0.0.1:2222: the tunnel would connect to itself"
+        );
+        assert_eq!(
+            err1("2222 127.0.0.1 2222 http://p:1,direct"),
+            "x.conf:1: destination 127.0.0.1:2222 is this entry's own listen address 127.0.0.1:2222: the tunnel would connect to itself"
+        );
+        // A later hop may well be: it is reached through the first.
+        ok("2222 h 22 http://p:1>http://127.0.0.1:2222");
+    }
+}
