@@ -33,7 +33,7 @@ use std::sync::{mpsc, Arc, Barrier, Mutex};
 use std::thread::{self, JoinHandle};
 use std::time::{Duration, Instant};
 
-use httptunneling::config::{AuthScheme, Config, Entry, HostPort, Options, Proxy};
+use httptunneling::config::{AuthScheme, Config, Dest, Entry, HostPort, Options, Proxy, RouteSpec};
 use httptunneling::{Engine, EngineOptions, Handle};
 
 /// Read and write timeout on every socket the bench owns: nothing can hang.
@@ -358,14 +358,22 @@ fn entry(line: usize, dest: SocketAddr, proxy: Option<SocketAddr>, buffer: usize
     Entry {
         line,
         listen: "127.0.0.1:0".parse().expect("literal socket address"),
-        dest: host_port(dest),
-        proxy: proxy.map(|p| Proxy {
-            addr: host_port(p),
-            credentials: None,
-            auth_file: None,
-            auth_scheme: AuthScheme::Auto,
-            headers: Vec::new(),
-        }),
+        dest: Dest::Fixed(host_port(dest)),
+        routes: vec![RouteSpec {
+            hops: proxy
+                .map(|p| Proxy {
+                    addr: host_port(p),
+                    tls: false,
+                    credentials: None,
+                    auth_file: None,
+                    auth_scheme: AuthScheme::Auto,
+                    headers: Vec::new(),
+                })
+                .into_iter()
+                .collect(),
+        }],
+        env: None,
+        allow: Vec::new(),
         options: Options {
             buffer,
             ..Options::default()
@@ -388,8 +396,14 @@ impl RunningEngine {
         let thread = thread::Builder::new()
             .name("engine".into())
             .spawn(move || {
-                let engine = Engine::new(Config { entries }, EngineOptions::default())
-                    .expect("engine starts");
+                let engine = Engine::new(
+                    Config {
+                        entries,
+                        metrics: None,
+                    },
+                    EngineOptions::default(),
+                )
+                .expect("engine starts");
                 tx.send((engine.listen_addrs(), engine.handle()))
                     .expect("bench waits for the engine");
                 engine.run().expect("engine runs");

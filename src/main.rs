@@ -36,14 +36,31 @@ fn check(path: &std::path::Path) -> ExitCode {
                 eprintln!("warning: {w}");
             }
             for entry in &config.entries {
-                if let Some(w) = entry.proxy.as_ref().and_then(auth::load_warning) {
-                    eprintln!("warning: {}:{}: {w}", path.display(), entry.line);
+                let mut shown = Vec::new();
+                for w in entry
+                    .routes
+                    .iter()
+                    .filter_map(|r| r.hops.first())
+                    .filter_map(auth::load_warning)
+                {
+                    if !shown.contains(&w) {
+                        eprintln!("warning: {}:{}: {w}", path.display(), entry.line);
+                        shown.push(w);
+                    }
                 }
             }
+            // Entries and the metrics line, in file order.
+            let mut lines: Vec<(usize, String)> = config
+                .entries
+                .iter()
+                .map(|e| (e.line, e.to_string()))
+                .chain(config.metrics.iter().map(|m| (m.line, m.to_string())))
+                .collect();
+            lines.sort_by_key(|(line, _)| *line);
             let mut out = std::io::stdout().lock();
-            for entry in &config.entries {
+            for (_, line) in lines {
                 // A closed stdout (`| head`) is not an error worth a panic.
-                if writeln!(out, "{entry}").is_err() {
+                if writeln!(out, "{line}").is_err() {
                     break;
                 }
             }

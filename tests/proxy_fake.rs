@@ -672,7 +672,7 @@ fn credentials_in_the_proxy_url_are_percent_decoded() {
 
 mod in_process {
     use super::*;
-    use httptunneling::config::{Config, Entry, HostPort, Options};
+    use httptunneling::config::{Config, Dest, Entry, HostPort, Options, RouteSpec};
     use httptunneling::{Engine, EngineOptions, Resolve};
 
     const SLOW: Duration = Duration::from_secs(3);
@@ -709,17 +709,20 @@ mod in_process {
         Entry {
             line,
             listen: SocketAddr::new(IpAddr::V4(Ipv4Addr::LOCALHOST), free_port()),
-            dest: HostPort {
+            dest: Dest::Fixed(HostPort {
                 host: host.to_owned(),
                 port,
-            },
-            proxy: None,
+            }),
+            routes: vec![RouteSpec::direct()],
+            env: None,
+            allow: Vec::new(),
             options: Options {
                 connect_timeout: Duration::from_secs(10),
                 idle_timeout: None,
                 keepalive: None,
                 max_conns: None,
                 buffer: 64 * 1024,
+                ..Options::default()
             },
         }
     }
@@ -742,6 +745,7 @@ mod in_process {
                 entry(1, "fast.test", echo.port()),
                 entry(2, "slow.invalid", echo.port()),
             ],
+            metrics: None,
         };
         let opts = EngineOptions {
             resolver: resolver.clone(),

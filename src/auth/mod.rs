@@ -157,6 +157,9 @@ impl Session {
     pub fn first(&mut self, proxy: &Proxy, learnt: &mut Learnt) -> Option<String> {
         let credentials = proxy.credentials.as_ref()?;
         let scheme = match (proxy.auth_scheme, learnt.scheme) {
+            // Negotiate is spoken by issue 12; until then it sends nothing
+            // and, as a named scheme, allows no other (`allowed_by`).
+            (AuthScheme::Negotiate, _) => return None,
             (AuthScheme::Basic, _) => Scheme::Basic,
             (AuthScheme::Ntlm, _) => Scheme::Ntlm,
             (AuthScheme::Digest, _) | (AuthScheme::Auto, Some(Scheme::Digest)) => {
@@ -424,6 +427,7 @@ mod tests {
                 host: "proxy".into(),
                 port: 3128,
             },
+            tls: false,
             credentials: credentials.then(|| Credentials {
                 user: "Aladdin".into(),
                 password: "open sesame".into(),

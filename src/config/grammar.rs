@@ -1,45 +1,59 @@
-//! The grammar of a file: entry lines, `defaults` lines and their options.
+//! The grammar of a file: entry, `defaults` and `metrics` lines and their
+//! options.
 //!
 //! Owns: the [`Parser`] that walks the lines of a file, tells entry lines
-//! from `defaults` lines, checks the order and count of positional fields,
-//! applies each option through an exhaustive `match` on [`Key`], keeps the
-//! defaults set so far and merges them into each entry (credentials,
-//! headers, options), and finds duplicate and self-connecting LISTEN
-//! addresses. Never does: judge a single value (that is `values` and `url`)
-//! or read a file except through the `read_file` it is given.
+//! (fixed and client-named) from `defaults` and `metrics` lines, checks the
+//! order and count of positional fields, applies each option through an
+//! exhaustive `match` on [`Key`], keeps the defaults set so far and merges
+//! them into each entry (credentials, headers, options), resolves `env`
+//! once per parse, and finds duplicate and self-connecting LISTEN
+//! addresses. Never does: judge a single value (that is `values`, `url`,
+//! `routes`, `allow` and `env`) or read a file except through the
+//! `read_file` it is given.
 
 use std::collections::HashMap;
 use std::io;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::path::{Path, PathBuf};
-use std::time::Duration;
 
+use super::allow::Allow;
+use super::env::{self, EnvProxy};
 use super::key::Key;
 use super::lex::{split_fields, Field};
-use super::url::{parse_proxy_url, redact};
-use super::values::{
-    check_credentials, parse_auth, parse_buffer, parse_connect_timeout, parse_header, parse_host,
-    parse_idle_timeout, parse_keepalive, parse_listen, parse_max_conns, parse_port,
-};
-use super::{AuthScheme, Credentials, Entry, HostPort, Options, Proxy};
+use super::options::{LineOptions, OptionParser, Shape};
+use super::routes::{build_routes, note, proxy_field, FirstHop, ParsedRoute, ProxyField};
+use super::url::{redact, UrlHop};
+use super::values::{parse_host, parse_listen, parse_port};
+use super::{AuthScheme, Credentials, Dest, Entry, HostPort, Metrics, Options};
 
 /// The expected form of an entry line, quoted by field-count messages.
 const ENTRY_FORM: &str =
     "LISTEN DEST_HOST DEST_PORT [PROXY_HOST PROXY_PORT | PROXY_URL] [KEY=VALUE ...]";
+/// The same for a client-named entry.
+const CLIENT_FORM: &str = "LISTEN socks|http [PROXY] [KEY=VALUE ...]";
+/// The form of a `metrics` line.
+const METRICS_FORM: &str = "expected metrics LISTEN";
 
-/// Parses the text of a whole file into its entries, or into every problem
-/// found as `(line, message)`, line 0 for the whole file (see
-/// [`super::parse_str`]).
+/// What a parse gives: the entries and the `metrics` line.
+type Parsed = (Vec<Entry>, Option<Metrics>);
+
+/// Parses the text of a whole file into its entries and `metrics` line, or
+/// into every problem found as `(line, message)`, line 0 for the whole file
+/// (see [`super::parse_str_env`]).
 pub(super) fn parse(
     text: &str,
     base_dir: &Path,
     read_file: &mut dyn FnMut(&Path) -> io::Result<String>,
-) -> Result<Vec<Entry>, Vec<(usize, String)>> {
+    env_lookup: &dyn Fn(&str) -> Option<String>,
+) -> Result<Parsed, Vec<(usize, String)>> {
     let mut parser = Parser {
         base_dir,
         read_file,
+        env_lookup,
+        env: None,
         defaults: Defaults::default(),
         entries: Vec::new(),
+        metrics: None,
         first_line_of: HashMap::new(),
         errors: Vec::new(),
     };
@@ -57,7 +71,7 @@ pub(super) fn parse(
         ));
     }
     if parser.errors.is_empty() {
-        Ok(parser.entries)
+        Ok((parser.entries, parser.metrics))
     } else {
         Err(parser.errors)
     }
@@ -79,38 +93,8 @@ struct Defaults {
     credentials: DefaultCredentials,
     auth_scheme: Option<AuthScheme>,
     headers: Vec<String>,
-}
-
-/// The options written on one line, each parsed and valid.
-#[derive(Debug, Default)]
-struct LineOptions {
-    auth: Option<Credentials>,
-    auth_file: Option<(PathBuf, Credentials)>,
-    auth_scheme: Option<AuthScheme>,
-    headers: Vec<String>,
-    connect_timeout: Option<Duration>,
-    idle_timeout: Option<Option<Duration>>,
-    keepalive: Option<Option<Duration>>,
-    max_conns: Option<Option<usize>>,
-    buffer: Option<usize>,
-    /// Keys written on the line, valid value or not, each once.
-    seen: Vec<Key>,
-}
-
-impl LineOptions {
-    fn has(&self, key: Key) -> bool {
-        self.seen.contains(&key)
-    }
-}
-
-/// The proxy part of an entry line.
-enum ProxyField {
-    /// Three positional fields.
-    Direct,
-    /// A proxy is written; `None` when it did not parse (errors already noted).
-    Proxied(Option<(HostPort, Option<Credentials>)>),
-    /// Too few fields to tell.
-    Unknown,
+    /// `None` until a `defaults` line sets `allow`; empty = every destination.
+    allow: Option<Vec<Allow>>,
 }
 
 /// The state of one parse: the defaults set so far, the entries and the
@@ -118,14 +102,32 @@ enum ProxyField {
 struct Parser<'a> {
     base_dir: &'a Path,
     read_file: &'a mut dyn FnMut(&Path) -> io::Result<String>,
+    env_lookup: &'a dyn Fn(&str) -> Option<String>,
+    /// What `env` resolved to, once the first `env` entry asked.
+    env: Option<Result<EnvProxy, String>>,
     defaults: Defaults,
     entries: Vec<Entry>,
-    /// Line of the first entry with each LISTEN address, for duplicates.
+    metrics: Option<Metrics>,
+    /// Line of the first entry (or `metrics`) with each LISTEN address, for duplicates.
     first_line_of: HashMap<SocketAddr, usize>,
     errors: Vec<(usize, String)>,
 }
 
 impl Parser<'_> {
+    /// Parses the options of a line (see [`OptionParser::parse`]).
+    fn options(
+        &mut self,
+        fields: &[&Field],
+        shape: Shape,
+        errors: &mut Vec<String>,
+    ) -> LineOptions {
+        OptionParser {
+            base_dir: self.base_dir,
+            read_file: &mut *self.read_file,
+        }
+        .parse(fields, shape, errors)
+    }
+
     /// Handles one line; returns its problems.
     fn line(&mut self, line_no: usize, line: &str) -> Vec<String> {
         let fields = match split_fields(line) {
@@ -136,6 +138,9 @@ impl Parser<'_> {
             None => Vec::new(),
             Some(first) if first.key_end.is_none() && first.text == "defaults" => {
                 self.defaults_line(&fields[1..])
+            }
+            Some(first) if first.key_end.is_none() && first.text == "metrics" => {
+                self.metrics_line(line_no, &fields[1..])
             }
             Some(_) => self.entry_line(line_no, &fields),
         }
@@ -157,12 +162,13 @@ impl Parser<'_> {
         if fields.is_empty() {
             errors.push("defaults without any KEY=VALUE option".to_string());
         }
-        let line = self.options(&options, None, &mut errors);
+        let line = self.options(&options, Shape::DEFAULTS, &mut errors);
         if line.has(Key::Auth) && line.has(Key::AuthFile) {
             errors.push("credentials given twice: in auth and in auth-file (keep one)".to_string());
         }
         // Apply what is valid even when the line has errors: the file is
         // rejected anyway, and this avoids follow-on errors further down.
+        let allow = line.allow();
         let defaults = &mut self.defaults;
         if let Some(credentials) = line.auth {
             defaults.credentials = DefaultCredentials::Inline(credentials);
@@ -175,6 +181,9 @@ impl Parser<'_> {
         }
         if line.seen.contains(&Key::Header) {
             defaults.headers = line.headers;
+        }
+        if line.seen.contains(&Key::Allow) {
+            defaults.allow = Some(allow);
         }
         let options = &mut defaults.options;
         if let Some(v) = line.connect_timeout {
@@ -192,7 +201,64 @@ impl Parser<'_> {
         if let Some(v) = line.buffer {
             options.buffer = v;
         }
+        if let Some(v) = line.proxy_backoff {
+            options.proxy_backoff = v;
+        }
+        if let Some(v) = line.proxy_ca {
+            options.proxy_ca = Some(v);
+        }
+        if let Some(v) = line.proxy_verify {
+            options.proxy_verify = v;
+        }
         errors
+    }
+
+    /// `metrics LISTEN`.
+    fn metrics_line(&mut self, line_no: usize, fields: &[Field]) -> Vec<String> {
+        let mut errors = Vec::new();
+        let listen = match fields {
+            [] => {
+                errors.push(format!("missing LISTEN after metrics: {METRICS_FORM}"));
+                None
+            }
+            [listen, rest @ ..] => {
+                if let Some(extra) = rest.first() {
+                    errors.push(format!(
+                        "unexpected field {:?} after metrics LISTEN: {METRICS_FORM}",
+                        redact(&extra.text)
+                    ));
+                }
+                note(parse_listen(&listen.text), &mut errors)
+            }
+        };
+        if let Some(first) = &self.metrics {
+            errors.push(format!(
+                "metrics given twice (first on line {})",
+                first.line
+            ));
+        }
+        if let Some(listen) = listen {
+            self.claim(listen, line_no, &mut errors);
+            if errors.is_empty() {
+                self.metrics = Some(Metrics {
+                    line: line_no,
+                    listen,
+                });
+            }
+        }
+        errors
+    }
+
+    /// Notes `listen` as used by `line_no`, or the duplicate.
+    fn claim(&mut self, listen: SocketAddr, line_no: usize, errors: &mut Vec<String>) {
+        match self.first_line_of.get(&listen) {
+            Some(first) => errors.push(format!(
+                "duplicate listen address {listen} (first on line {first})"
+            )),
+            None => {
+                self.first_line_of.insert(listen, line_no);
+            }
+        }
     }
 
     fn entry_line(&mut self, line_no: usize, fields: &[Field]) -> Vec<String> {
@@ -216,110 +282,176 @@ impl Parser<'_> {
         let listen = positional
             .first()
             .and_then(|f| note(parse_listen(&f.text), &mut errors));
-        let dest_host = positional
-            .get(1)
-            .and_then(|f| note(parse_host(&f.text, "DEST_HOST"), &mut errors));
-        let dest_port = positional
-            .get(2)
-            .and_then(|f| note(parse_port(&f.text, "DEST_PORT"), &mut errors));
-        let names = ["LISTEN", "DEST_HOST", "DEST_PORT"];
-        if positional.len() < names.len() {
-            let missing = names[positional.len()..].join(" and ");
-            errors.push(format!("missing {missing}: expected {ENTRY_FORM}"));
-        }
-        let proxy_field = proxy_field(&positional, &mut errors);
-
-        let proxied = match proxy_field {
-            ProxyField::Direct => Some(false),
-            ProxyField::Proxied(_) => Some(true),
-            ProxyField::Unknown => None,
-        };
-        let line = self.options(&options, proxied, &mut errors);
-
-        let credentials = match &proxy_field {
-            ProxyField::Proxied(parsed) => {
-                let url_credentials = parsed.as_ref().and_then(|(_, c)| c.as_ref());
-                self.entry_credentials(url_credentials, &line, &mut errors)
-            }
-            _ => (None, None),
-        };
-
-        let entry = match (listen, dest_host, dest_port, &proxy_field) {
-            (Some(listen), Some(host), Some(port), ProxyField::Direct) => {
-                Some((listen, HostPort { host, port }, None))
-            }
-            (Some(listen), Some(host), Some(port), ProxyField::Proxied(Some((addr, _)))) => {
-                let proxy = Proxy {
-                    addr: addr.clone(),
-                    credentials: credentials.0,
-                    auth_file: credentials.1,
-                    auth_scheme: line
-                        .auth_scheme
-                        .or(self.defaults.auth_scheme)
-                        .unwrap_or(AuthScheme::Auto),
-                    headers: merge_headers(&self.defaults.headers, &line.headers),
+        let (dest, proxy_field) = match client_named(&positional) {
+            Some(kind) => (
+                Some(kind),
+                proxy_field(&positional[2..], CLIENT_FORM, &mut errors),
+            ),
+            None => {
+                let host = positional
+                    .get(1)
+                    .and_then(|f| note(parse_host(&f.text, "DEST_HOST"), &mut errors));
+                let port = positional
+                    .get(2)
+                    .and_then(|f| note(parse_port(&f.text, "DEST_PORT"), &mut errors));
+                let names = ["LISTEN", "DEST_HOST", "DEST_PORT"];
+                let field = if positional.len() < names.len() {
+                    let missing = names[positional.len()..].join(" and ");
+                    errors.push(format!("missing {missing}: expected {ENTRY_FORM}"));
+                    ProxyField::Unknown
+                } else {
+                    proxy_field(&positional[3..], ENTRY_FORM, &mut errors)
                 };
-                Some((listen, HostPort { host, port }, Some(proxy)))
+                let dest = host
+                    .zip(port)
+                    .map(|(host, port)| Dest::Fixed(HostPort { host, port }));
+                (dest, field)
             }
-            _ => None,
         };
 
-        if let Some((listen, dest, proxy)) = &entry {
-            let (what, first_hop) = match proxy {
-                Some(proxy) => ("proxy", &proxy.addr),
-                None => ("destination", dest),
-            };
-            if connects_to_itself(*listen, first_hop) {
-                errors.push(format!(
-                    "{what} {} is this entry's own listen address {listen}: the tunnel would connect to itself",
-                    first_hop.authority()
-                ));
-            }
-        }
+        let shape = Shape {
+            proxied: match &proxy_field {
+                ProxyField::Direct => Some(false),
+                ProxyField::Routes(Some(routes)) => Some(routes.iter().any(|r| !r.is_empty())),
+                ProxyField::Env => Some(true),
+                ProxyField::Routes(None) | ProxyField::Unknown => None,
+            },
+            client_named: (positional.len() >= 2).then(|| client_named(&positional).is_some()),
+        };
+        let line = self.options(&options, shape, &mut errors);
 
-        if let Some(listen) = listen {
-            match self.first_line_of.get(&listen) {
-                Some(first) => errors.push(format!(
-                    "duplicate listen address {listen} (first on line {first})"
-                )),
-                None => {
-                    self.first_line_of.insert(listen, line_no);
+        // The hops as written (or as the environment gave them).
+        let mut env = None;
+        let parsed: Option<Vec<ParsedRoute>> = match proxy_field {
+            ProxyField::Direct => Some(vec![Vec::new()]),
+            ProxyField::Routes(routes) => routes,
+            ProxyField::Unknown => None,
+            ProxyField::Env => match self.env() {
+                Ok(resolved) => {
+                    let routes = env_routes(&resolved, dest.as_ref());
+                    env = Some(resolved);
+                    Some(routes)
+                }
+                Err(message) => {
+                    errors.push(message);
+                    None
+                }
+            },
+        };
+
+        // Line credentials are refused only where they would reach no hop:
+        // every route's first hop has credentials in its URL.
+        let url_credentials_everywhere = env.is_none()
+            && parsed.as_ref().is_some_and(|routes| {
+                routes.iter().any(|r| !r.is_empty())
+                    && routes
+                        .iter()
+                        .filter_map(|r| r.first())
+                        .all(|hop| hop.credentials.is_some())
+            });
+        let (credentials, auth_file) = if shape.proxied == Some(false) {
+            // Refused above; nothing to take credentials from.
+            (None, None)
+        } else {
+            self.entry_credentials(url_credentials_everywhere, &line, &mut errors)
+        };
+        let first = FirstHop {
+            credentials,
+            auth_file,
+            auth_scheme: line
+                .auth_scheme
+                .or(self.defaults.auth_scheme)
+                .unwrap_or(AuthScheme::Auto),
+            headers: merge_headers(&self.defaults.headers, &line.headers),
+        };
+        let routes = parsed.map(|parsed| build_routes(&parsed, &first));
+
+        if let (Some(listen), Some(routes)) = (listen, &routes) {
+            let from = env
+                .as_ref()
+                .map(|e| format!(" (from {})", e.variable))
+                .unwrap_or_default();
+            let mut seen = Vec::new();
+            for route in routes {
+                let (what, first_hop) = match (route.hops.first(), dest.as_ref()) {
+                    (Some(proxy), _) => ("proxy", &proxy.addr),
+                    (None, Some(Dest::Fixed(dest))) => ("destination", dest),
+                    (None, _) => continue,
+                };
+                if connects_to_itself(listen, first_hop) && !seen.contains(&first_hop) {
+                    seen.push(first_hop);
+                    let from = if what == "proxy" { from.as_str() } else { "" };
+                    errors.push(format!(
+                        "{what} {}{from} is this entry's own listen address {listen}: the tunnel would connect to itself",
+                        first_hop.authority()
+                    ));
                 }
             }
         }
 
-        if errors.is_empty() {
-            if let Some((listen, dest, proxy)) = entry {
-                let defaults = &self.defaults.options;
-                let options = Options {
-                    connect_timeout: line.connect_timeout.unwrap_or(defaults.connect_timeout),
-                    idle_timeout: line.idle_timeout.unwrap_or(defaults.idle_timeout),
-                    keepalive: line.keepalive.unwrap_or(defaults.keepalive),
-                    max_conns: line.max_conns.unwrap_or(defaults.max_conns),
-                    buffer: line.buffer.unwrap_or(defaults.buffer),
-                };
-                self.entries.push(Entry {
-                    line: line_no,
-                    listen,
-                    dest,
-                    proxy,
-                    options,
-                });
-            }
+        if let Some(listen) = listen {
+            self.claim(listen, line_no, &mut errors);
+        }
+
+        if let (true, Some(listen), Some(dest), Some(routes)) =
+            (errors.is_empty(), listen, dest, routes)
+        {
+            let proxied = env.is_some() || routes.iter().any(|r| !r.is_direct());
+            let client_named = dest.is_client_named();
+            let options = self.entry_options(&line, proxied);
+            let allow = match (client_named, line.has(Key::Allow)) {
+                (false, _) => Vec::new(),
+                (true, true) => line.allow(),
+                (true, false) => self.defaults.allow.clone().unwrap_or_default(),
+            };
+            self.entries.push(Entry {
+                line: line_no,
+                listen,
+                dest,
+                routes,
+                env,
+                allow,
+                options,
+            });
         }
         errors
     }
 
-    /// The credentials of a proxied entry and the `auth-file` they came from:
-    /// the line's own (at most one source, else an error), or the defaults'.
+    /// The options of an entry: the line's, else the defaults'; the
+    /// proxy-only ones stay built-in on an entry without a proxy.
+    fn entry_options(&self, line: &LineOptions, proxied: bool) -> Options {
+        let defaults = &self.defaults.options;
+        let builtin = Options::default();
+        let proxy = if proxied { defaults } else { &builtin };
+        Options {
+            connect_timeout: line.connect_timeout.unwrap_or(defaults.connect_timeout),
+            idle_timeout: line.idle_timeout.unwrap_or(defaults.idle_timeout),
+            keepalive: line.keepalive.unwrap_or(defaults.keepalive),
+            max_conns: line.max_conns.unwrap_or(defaults.max_conns),
+            buffer: line.buffer.unwrap_or(defaults.buffer),
+            proxy_backoff: line.proxy_backoff.unwrap_or(proxy.proxy_backoff),
+            proxy_ca: line.proxy_ca.clone().or_else(|| proxy.proxy_ca.clone()),
+            proxy_verify: line.proxy_verify.unwrap_or(proxy.proxy_verify),
+        }
+    }
+
+    /// What `env` resolved to (read once per parse).
+    fn env(&mut self) -> Result<EnvProxy, String> {
+        let lookup = self.env_lookup;
+        self.env.get_or_insert_with(|| env::resolve(lookup)).clone()
+    }
+
+    /// The credentials for first hops without URL credentials, and the
+    /// `auth-file` they came from: the line's own (at most one source, else
+    /// an error), or the defaults'.
     fn entry_credentials(
         &self,
-        url_credentials: Option<&Credentials>,
+        url_credentials_everywhere: bool,
         line: &LineOptions,
         errors: &mut Vec<String>,
     ) -> (Option<Credentials>, Option<PathBuf>) {
         let sources: Vec<&str> = [
-            (url_credentials.is_some(), "PROXY_URL"),
+            (url_credentials_everywhere, "PROXY_URL"),
             (line.has(Key::Auth), "auth"),
             (line.has(Key::AuthFile), "auth-file"),
         ]
@@ -332,155 +464,46 @@ impl Parser<'_> {
                 "credentials given twice: in {first} and in {second} (keep one)"
             ));
         }
-        match (url_credentials, &line.auth, &line.auth_file) {
-            (Some(c), _, _) | (None, Some(c), _) => (Some(c.clone()), None),
-            (None, None, Some((path, c))) => (Some(c.clone()), Some(path.clone())),
-            (None, None, None) => match &self.defaults.credentials {
+        match (&line.auth, &line.auth_file) {
+            (Some(c), _) => (Some(c.clone()), None),
+            (None, Some((path, c))) => (Some(c.clone()), Some(path.clone())),
+            (None, None) => match &self.defaults.credentials {
                 DefaultCredentials::None => (None, None),
                 DefaultCredentials::Inline(c) => (Some(c.clone()), None),
                 DefaultCredentials::File(path, c) => (Some(c.clone()), Some(path.clone())),
             },
         }
     }
-
-    /// Parses the `KEY=VALUE` fields of a line. `proxied` is `Some(false)` on a
-    /// direct entry (proxy-only keys are refused), `None` on a defaults line or
-    /// when the entry's form is unclear.
-    fn options(
-        &mut self,
-        fields: &[&Field],
-        proxied: Option<bool>,
-        errors: &mut Vec<String>,
-    ) -> LineOptions {
-        let mut line = LineOptions::default();
-        for field in fields {
-            let Some((key_text, value)) = field.option() else {
-                continue;
-            };
-            let key: Key = match key_text.parse() {
-                Ok(key) => key,
-                Err(message) => {
-                    errors.push(message);
-                    continue;
-                }
-            };
-            let first_time = !line.has(key);
-            if !first_time && !key.repeatable() {
-                errors.push(format!("option {:?} given twice", key.as_str()));
-                continue;
-            }
-            if first_time {
-                line.seen.push(key);
-            }
-            if proxied == Some(false) && key.needs_proxy() {
-                // Once per key, however many `header=` the line has.
-                if first_time {
-                    errors.push(format!("option {:?} needs a proxy", key.as_str()));
-                }
-                continue;
-            }
-            // Exhaustive on purpose: a key added to `Key` must be handled here.
-            let result = match key {
-                Key::Auth => parse_auth(value).map(|c| line.auth = Some(c)),
-                Key::AuthFile => self.auth_file(value).map(|f| line.auth_file = Some(f)),
-                Key::AuthScheme => value
-                    .parse()
-                    .map(|s| line.auth_scheme = Some(s))
-                    .map_err(|reason| format!("invalid auth-scheme {value:?}: {reason}")),
-                Key::Header => parse_header(value).map(|h| line.headers.push(h)),
-                Key::ConnectTimeout => {
-                    parse_connect_timeout(value).map(|d| line.connect_timeout = Some(d))
-                }
-                Key::IdleTimeout => parse_idle_timeout(value).map(|d| line.idle_timeout = Some(d)),
-                Key::Keepalive => parse_keepalive(value).map(|d| line.keepalive = Some(d)),
-                Key::MaxConns => parse_max_conns(value).map(|n| line.max_conns = Some(n)),
-                Key::Buffer => parse_buffer(value).map(|n| line.buffer = Some(n)),
-            };
-            if let Err(message) = result {
-                errors.push(message);
-            }
-        }
-        line
-    }
-
-    /// Resolves and reads an `auth-file`.
-    fn auth_file(&mut self, value: &str) -> Result<(PathBuf, Credentials), String> {
-        if value.is_empty() {
-            return Err("invalid auth-file \"\": expected a path".to_string());
-        }
-        let path = self.base_dir.join(value);
-        let shown = path.display().to_string();
-        let text =
-            (self.read_file)(&path).map_err(|e| format!("cannot read auth-file {shown:?}: {e}"))?;
-        let first = text.split('\n').next().unwrap_or("");
-        let first = first.strip_prefix('\u{feff}').unwrap_or(first);
-        let first = first.trim_end_matches(['\r', '\n']);
-        let (user, password) = first.split_once(':').ok_or_else(|| {
-            format!("invalid auth-file {shown:?}: first line must be USER:PASSWORD")
-        })?;
-        check_credentials(user, password)
-            .map_err(|reason| format!("invalid auth-file {shown:?}: first line: {reason}"))?;
-        Ok((
-            path,
-            Credentials {
-                user: user.to_string(),
-                password: password.to_string(),
-            },
-        ))
-    }
 }
 
-/// Pushes the error of `result`, if any, and returns its value.
-fn note<T>(result: Result<T, String>, errors: &mut Vec<String>) -> Option<T> {
-    match result {
-        Ok(value) => Some(value),
-        Err(message) => {
-            errors.push(message);
-            None
-        }
-    }
-}
-
-/// Reads the proxy fields (4th and 5th positional) and reports extra fields.
-fn proxy_field(positional: &[&Field], errors: &mut Vec<String>) -> ProxyField {
-    let unexpected = |field: &Field, after: &str| {
-        let hint = if field.text.parse::<Key>().is_ok() {
-            " (options are written KEY=VALUE)"
-        } else {
-            ""
-        };
-        format!(
-            "unexpected field {:?} after {after}{hint}: expected {ENTRY_FORM}",
-            redact(&field.text)
-        )
+/// `Some(Socks | Http)` when the line is a client-named entry: its second
+/// field is exactly `socks` or `http` and its third, if any, is not a port
+/// number (`1080 socks 22` forwards to a host called `socks`).
+fn client_named(positional: &[&Field]) -> Option<Dest> {
+    let kind = match positional.get(1)?.text.as_str() {
+        "socks" => Dest::Socks,
+        "http" => Dest::Http,
+        _ => return None,
     };
-    match positional {
-        [] | [_] | [_, _] => ProxyField::Unknown,
-        [_, _, _] => ProxyField::Direct,
-        [_, _, _, url, rest @ ..] if url.text.contains("://") => {
-            if let Some(extra) = rest.first() {
-                errors.push(unexpected(extra, "PROXY_URL"));
-            }
-            ProxyField::Proxied(note(parse_proxy_url(&url.text), errors))
-        }
-        [_, _, _, host] => {
-            errors.push(format!(
-                "missing PROXY_PORT after PROXY_HOST {:?}: write the proxy as PROXY_HOST PROXY_PORT or as http://HOST:PORT",
-                redact(&host.text)
-            ));
-            ProxyField::Proxied(None)
-        }
-        [_, _, _, host, port, rest @ ..] => {
-            if let Some(extra) = rest.first() {
-                errors.push(unexpected(extra, "PROXY_PORT"));
-            }
-            let host = note(parse_host(&host.text, "PROXY_HOST"), errors);
-            let port = note(parse_port(&port.text, "PROXY_PORT"), errors);
-            ProxyField::Proxied(
-                host.zip(port)
-                    .map(|(host, port)| (HostPort { host, port }, None)),
-            )
-        }
+    let third_is_port = positional
+        .get(2)
+        .is_some_and(|f| !f.text.is_empty() && f.text.bytes().all(|b| b.is_ascii_digit()));
+    (!third_is_port).then_some(kind)
+}
+
+/// The routes `env` gives: the variable's proxy, or `direct` when none was
+/// set or `NO_PROXY` matches a fixed destination.
+fn env_routes(env: &EnvProxy, dest: Option<&Dest>) -> Vec<ParsedRoute> {
+    let excluded = dest
+        .and_then(Dest::fixed)
+        .is_some_and(|d| env.no_proxy.matches(&d.host));
+    match &env.proxy {
+        Some(proxy) if !excluded => vec![vec![UrlHop {
+            addr: proxy.addr.clone(),
+            tls: proxy.tls,
+            credentials: proxy.credentials.clone(),
+        }]],
+        _ => vec![Vec::new()],
     }
 }
 
@@ -528,7 +551,8 @@ fn connects_to_itself(listen: SocketAddr, first_hop: &HostPort) -> bool {
 mod tests {
     use super::*;
     use crate::config::test_support::*;
-    use crate::config::{parse_str, DEFAULT_BUFFER, DEFAULT_CONNECT_TIMEOUT};
+    use crate::config::{parse_str, Proxy, RouteSpec, DEFAULT_BUFFER, DEFAULT_CONNECT_TIMEOUT};
+    use std::time::Duration;
 
     #[test]
     fn blank_lines_comments_crlf_bom_and_no_final_newline() {
@@ -536,7 +560,7 @@ mod tests {
         let config = ok(text);
         let lines: Vec<usize> = config.entries.iter().map(|e| e.line).collect();
         assert_eq!(lines, [4, 6, 7]);
-        assert_eq!(config.entries[2].dest, hp("c.example", 44));
+        assert_eq!(config.entries[2].dest, Dest::Fixed(hp("c.example", 44)));
     }
 
     #[test]
@@ -563,7 +587,7 @@ mod tests {
 2222 a.example 22
 2223 b.example 70000
 2224 a@b 22 lisen=1
-2225 c.example 25 https://proxy:1
+2225 c.example 25 socks5://proxy:1
 2222 d.example 22
 2226 e.example 26 auth=u:p
 2227 f.example 27 buffer=1g keepalive=500ms
@@ -578,7 +602,7 @@ mod tests {
                 "x.conf:3: port \"70000\" out of range 1-65535 in DEST_PORT",
                 "x.conf:4: invalid DEST_HOST \"a@b\": character '@' not allowed in a host name",
                 "x.conf:4: unknown option \"lisen\"",
-                "x.conf:5: unsupported proxy scheme \"https\" in PROXY_URL: only http:// is supported",
+                "x.conf:5: unsupported proxy scheme \"socks5\" in PROXY_URL: only http:// and https:// are supported",
                 "x.conf:6: duplicate listen address 127.0.0.1:2222 (first on line 2)",
                 "x.conf:7: option \"auth\" needs a proxy",
                 "x.conf:8: invalid buffer \"1g\": expected a number of bytes, optionally with k or m, e.g. 4096, 16k, 1m",
@@ -597,8 +621,10 @@ mod tests {
             Entry {
                 line: 1,
                 listen: sa("127.0.0.1:2222"),
-                dest: hp("example.com", 22),
-                proxy: None,
+                dest: Dest::Fixed(hp("example.com", 22)),
+                routes: vec![RouteSpec::direct()],
+                env: None,
+                allow: vec![],
                 options: Options::default(),
             }
         );
@@ -610,6 +636,9 @@ mod tests {
                 keepalive: Some(Duration::from_secs(60)),
                 max_conns: None,
                 buffer: 256 * 1024,
+                proxy_backoff: Duration::from_secs(30),
+                proxy_ca: None,
+                proxy_verify: true,
             }
         );
     }
@@ -618,9 +647,10 @@ mod tests {
     fn classic_five_field_form() {
         let entry = one("2222 example.com 22 proxy.corp 3128");
         assert_eq!(
-            entry.proxy,
+            first_proxy(&entry),
             Some(Proxy {
                 addr: hp("proxy.corp", 3128),
+                tls: false,
                 credentials: None,
                 auth_file: None,
                 auth_scheme: AuthScheme::Auto,
@@ -733,9 +763,10 @@ mod tests {
              header=X-A:1 connect-timeout=250ms idle-timeout=5m keepalive=30 max-conns=8 buffer=16K",
         );
         assert_eq!(
-            entry.proxy,
+            first_proxy(&entry),
             Some(Proxy {
                 addr: hp("proxy", 3128),
+                tls: false,
                 credentials: Some(creds("alice", "pw")),
                 auth_file: None,
                 auth_scheme: AuthScheme::Ntlm,
@@ -750,6 +781,7 @@ mod tests {
                 keepalive: Some(Duration::from_secs(30)),
                 max_conns: Some(8),
                 buffer: 16 * 1024,
+                ..Options::default()
             }
         );
     }
@@ -908,11 +940,12 @@ mod tests {
     fn proxy_only_defaults_apply_to_proxied_entries_only() {
         let text = "defaults auth=alice:pw auth-scheme=digest header=\"User-Agent: X\"\n2222 a 1\n2223 b 2 p 3128\n";
         let config = ok(text);
-        assert_eq!(config.entries[0].proxy, None);
+        assert_eq!(first_proxy(&config.entries[0]), None);
         assert_eq!(
-            config.entries[1].proxy,
+            first_proxy(&config.entries[1]),
             Some(Proxy {
                 addr: hp("p", 3128),
+                tls: false,
                 credentials: Some(creds("alice", "pw")),
                 auth_file: None,
                 auth_scheme: AuthScheme::Digest,
@@ -1007,5 +1040,100 @@ mod tests {
             errs("defaults buffer=8k\ndefaults buffer=1g\n2222 a 1\n2223 b 2\n").len(),
             1
         );
+    }
+
+    #[test]
+    fn proxy_backoff_ca_and_verify() {
+        let entry = one("2222 h 22 p 1 proxy-backoff=1s proxy-ca=ca.pem proxy-verify=OFF");
+        assert_eq!(entry.options.proxy_backoff, Duration::from_secs(1));
+        assert_eq!(
+            entry.options.proxy_ca,
+            Some(PathBuf::from("/etc/ht/ca.pem"))
+        );
+        assert!(!entry.options.proxy_verify);
+        let entry = one("2222 h 22 https://gw:443 proxy-ca=/etc/ht/ca.pem proxy-verify=on");
+        assert_eq!(
+            entry.options.proxy_ca,
+            Some(PathBuf::from("/etc/ht/ca.pem"))
+        );
+        assert!(entry.options.proxy_verify);
+        for (option, message) in [
+            ("proxy-backoff=0", "proxy-backoff must be more than 0"),
+            ("proxy-backoff=soon", "invalid proxy-backoff \"soon\": expected a number with ms, s, m or h, e.g. 250ms, 10s, 5m, 1h"),
+            ("proxy-verify=no", "invalid proxy-verify \"no\": expected on or off"),
+            ("proxy-ca=missing.pem", "cannot read proxy-ca \"/etc/ht/missing.pem\": no such file"),
+            ("proxy-ca=key.pem", "invalid proxy-ca \"/etc/ht/key.pem\": no PEM certificate (-----BEGIN CERTIFICATE-----) in it"),
+            ("proxy-ca=\"\"", "invalid proxy-ca \"\": expected a path"),
+            ("auth-scheme=negotiat", "invalid auth-scheme \"negotiat\": expected auto, basic, digest, ntlm or negotiate"),
+        ] {
+            assert_eq!(err1(&format!("2222 h 22 p 1 {option}")), format!("x.conf:1: {option_message}", option_message = message), "{option}");
+        }
+        assert_eq!(
+            proxy_of(&one("2222 h 22 p 1 auth-scheme=Negotiate")).auth_scheme,
+            AuthScheme::Negotiate
+        );
+        // Proxy-only on a direct entry, whatever the value.
+        for key in ["proxy-backoff=1s", "proxy-ca=nowhere", "proxy-verify=maybe"] {
+            let name = key.split('=').next().expect("key");
+            for line in [
+                format!("2222 h 22 {key}"),
+                format!("2222 h 22 direct {key}"),
+                format!("1080 socks {key}"),
+            ] {
+                assert_eq!(
+                    err1(&line),
+                    format!("x.conf:1: option \"{name}\" needs a proxy"),
+                    "{line}"
+                );
+            }
+        }
+        // Defaults: proxied entries only.
+        let config = ok("defaults proxy-backoff=2m proxy-ca=ca.pem proxy-verify=off\n2222 a 1\n2223 b 2 p 1\n2224 c 3 env\n");
+        assert_eq!(config.entries[0].options, Options::default());
+        for entry in &config.entries[1..] {
+            assert_eq!(entry.options.proxy_backoff, Duration::from_secs(120));
+            assert_eq!(
+                entry.options.proxy_ca,
+                Some(PathBuf::from("/etc/ht/ca.pem"))
+            );
+            assert!(!entry.options.proxy_verify);
+        }
+        assert_eq!(
+            err1("defaults proxy-ca=missing.pem\n2222 a 1\n"),
+            "x.conf:1: cannot read proxy-ca \"/etc/ht/missing.pem\": no such file"
+        );
+    }
+
+    #[test]
+    fn metrics_line() {
+        let config = ok("metrics 9100\n2222 a 1\n");
+        assert_eq!(
+            config.metrics,
+            Some(crate::config::Metrics {
+                line: 1,
+                listen: sa("127.0.0.1:9100")
+            })
+        );
+        assert_eq!(
+            ok("2222 a 1\nmetrics [::1]:9100\n")
+                .metrics
+                .expect("metrics")
+                .listen,
+            sa("[::1]:9100")
+        );
+        assert_eq!(ok("2222 a 1\n").metrics, None);
+        for (text, message) in [
+            ("metrics\n2222 a 1\n", "x.conf:1: missing LISTEN after metrics: expected metrics LISTEN"),
+            ("metrics 9100 9101\n2222 a 1\n", "x.conf:1: unexpected field \"9101\" after metrics LISTEN: expected metrics LISTEN"),
+            ("metrics 9100 buffer=4k\n2222 a 1\n", "x.conf:1: unexpected field \"buffer=4k\" after metrics LISTEN: expected metrics LISTEN"),
+            ("metrics host:9100\n2222 a 1\n", "x.conf:1: invalid LISTEN \"host:9100\": \"host\" is a host name; listen on an IP address, e.g. 127.0.0.1"),
+            ("metrics 9100\n2222 a 1\nmetrics 9101\n", "x.conf:3: metrics given twice (first on line 1)"),
+            ("metrics 2222\n2222 a 1\n", "x.conf:2: duplicate listen address 127.0.0.1:2222 (first on line 1)"),
+            ("2222 a 1\nmetrics 127.0.0.1:2222\n", "x.conf:2: duplicate listen address 127.0.0.1:2222 (first on line 1)"),
+        ] {
+            assert_eq!(err1(text), message, "{text:?}");
+        }
+        // A metrics line alone is no configuration.
+        assert_eq!(errs("metrics 9100\n").len(), 1);
     }
 }

@@ -36,7 +36,7 @@ keys! {
     Auth => "auth",
     /// `auth-file=PATH`.
     AuthFile => "auth-file",
-    /// `auth-scheme=auto|basic|digest|ntlm`.
+    /// `auth-scheme=auto|basic|digest|ntlm|negotiate`.
     AuthScheme => "auth-scheme",
     /// `header="Name: value"`, repeatable.
     Header => "header",
@@ -50,24 +50,39 @@ keys! {
     MaxConns => "max-conns",
     /// `buffer=SIZE`.
     Buffer => "buffer",
+    /// `proxy-backoff=DURATION`.
+    ProxyBackoff => "proxy-backoff",
+    /// `proxy-ca=PATH`.
+    ProxyCa => "proxy-ca",
+    /// `proxy-verify=on|off`.
+    ProxyVerify => "proxy-verify",
+    /// `allow=PATTERN[,PATTERN...]`, repeatable; client-named entries only.
+    Allow => "allow",
 }
 
 impl Key {
     /// True for the options that only make sense with a proxy.
     pub(super) fn needs_proxy(self) -> bool {
         match self {
-            Key::Auth | Key::AuthFile | Key::AuthScheme | Key::Header => true,
+            Key::Auth
+            | Key::AuthFile
+            | Key::AuthScheme
+            | Key::Header
+            | Key::ProxyBackoff
+            | Key::ProxyCa
+            | Key::ProxyVerify => true,
             Key::ConnectTimeout
             | Key::IdleTimeout
             | Key::Keepalive
             | Key::MaxConns
-            | Key::Buffer => false,
+            | Key::Buffer
+            | Key::Allow => false,
         }
     }
 
     /// True when the key may be given more than once on a line.
     pub(super) fn repeatable(self) -> bool {
-        self == Key::Header
+        matches!(self, Key::Header | Key::Allow)
     }
 }
 
@@ -143,6 +158,10 @@ mod tests {
                 "keepalive",
                 "max-conns",
                 "buffer",
+                "proxy-backoff",
+                "proxy-ca",
+                "proxy-verify",
+                "allow",
             ]
         );
         for key in Key::ALL {
@@ -153,13 +172,24 @@ mod tests {
             .filter(|key| key.needs_proxy())
             .map(|key| key.as_str())
             .collect();
-        assert_eq!(proxy_only, ["auth", "auth-file", "auth-scheme", "header"]);
+        assert_eq!(
+            proxy_only,
+            [
+                "auth",
+                "auth-file",
+                "auth-scheme",
+                "header",
+                "proxy-backoff",
+                "proxy-ca",
+                "proxy-verify"
+            ]
+        );
         let repeatable: Vec<Key> = Key::ALL
             .iter()
             .copied()
             .filter(|key| key.repeatable())
             .collect();
-        assert_eq!(repeatable, [Key::Header]);
+        assert_eq!(repeatable, [Key::Header, Key::Allow]);
     }
 
     #[test]

@@ -1,86 +1,42 @@
 //! The configuration file: grammar, validation, normalised form.
 //!
-//! Owns: turning the text of a config file (and the `auth-file`s it names)
-//! into a [`Config`], or into every problem found, each as `FILE:LINE: message`.
+//! Owns: turning the text of a config file (and the `auth-file`s and
+//! `proxy-ca`s it names, and the proxy variables `env` reads) into a
+//! [`Config`], or into every problem found, each as `FILE:LINE: message`.
 //! Never does: sockets, logging, DNS. Reading files happens only through
 //! [`load`] or the reader given to [`parse_str`], which callers run off the
-//! reactor thread.
+//! reactor thread; the environment only through [`load`], [`parse_str`] or
+//! the lookup given to [`parse_str_env`].
 //!
 //! # Where things are
 //!
 //! - this file: the public types, [`load`] and [`parse_str`];
 //! - `lex`: one line into fields (white space, quotes, escapes, comments);
 //! - `key`: the option keys, and "did you mean" for an unknown one;
-//! - `grammar`: entry and `defaults` lines, options, merging the defaults;
+//! - `grammar`: entry, `defaults` and `metrics` lines, options, merging the
+//!   defaults;
+//! - `options`: the `KEY=VALUE` options of one line;
+//! - `routes`: the PROXY field (classic, `env`, route lists) and building the
+//!   routes of an entry from it;
+//! - `env`: the proxy from the environment and `NO_PROXY` ([`EnvProxy`],
+//!   [`NoProxy`]);
+//! - `allow`: `allow` patterns ([`Allow`], [`allowed`]);
 //! - `values`: one field or option value (ports, LISTEN, hosts, durations,
 //!   sizes, credentials, headers, …) into its checked form;
-//! - `url`: `PROXY_URL`, percent-decoding its user info, and hiding passwords
+//! - `url`: hop URLs, percent-decoding their user info, and hiding passwords
 //!   in messages;
 //! - `display`: the normalised line `--check` prints.
 //!
-//! # Grammar
-//!
-//! ```text
-//! file     = line *( LF line )          ; a CR before LF is dropped, a leading BOM too
-//! line     = [ entry | defaults ] [ comment ]
-//! comment  = "#" ...                    ; only at the start of a field (line start or after white space)
-//! entry    = LISTEN DEST_HOST DEST_PORT [ PROXY_HOST PROXY_PORT | PROXY_URL ] *option
-//! defaults = "defaults" 1*option
-//! option   = KEY "=" VALUE              ; KEY = [A-Za-z][A-Za-z0-9_-]*, written unquoted
-//! ```
-//!
-//! Fields are separated by ASCII white space. Inside a field a double-quoted
-//! part may hold white space and `#`; inside quotes `\"` is a quote and `\\` a
-//! backslash, any other backslash is kept as it is (so `"CORP\jdoe"` works).
-//! Outside quotes a backslash is an ordinary character. A field is an option
-//! when it starts with an unquoted `KEY=`; every other field is positional, and
-//! positional fields must come before the options.
-//!
-//! # Invariants of a parsed [`Config`]
-//!
-//! - Every LISTEN address is distinct, has a port in 1–65535, and is an IP
-//!   literal (a bare `PORT` is `127.0.0.1:PORT`).
-//! - Every host is a checked DNS name or a canonical IP literal (IPv6 stored
-//!   without brackets), so it can go into a `CONNECT` request line as it is.
-//! - Credentials, headers and hosts hold no control characters, CR or LF.
-//! - Durations are whole milliseconds; `keepalive` is whole seconds in
-//!   1 s–32767 s (Linux `TCP_KEEPIDLE` limit); `buffer` is in
-//!   [`MIN_BUFFER`]..=[`MAX_BUFFER`]; `max-conns` is at least 1.
-//! - There is at least one entry.
-//!
-//! # Choices where SPEC is silent
-//!
-//! - `defaults` lines override earlier ones key by key; `header` counts as one
-//!   key, so a `defaults` line with `header=` replaces the default header list.
-//!   An entry's own `header=` values come after the default ones, and replace a
-//!   default header of the same name (case-insensitive).
-//! - `auth`, `auth-file` and the PROXY_URL's user info are one slot: giving two
-//!   of them on one line is an error; on an entry line any of them replaces the
-//!   default credentials. A `defaults` line's `auth-file` is read (and must be
-//!   valid) at that line, once, even when no proxied entry follows.
-//! - `keepalive` must be whole seconds up to 32767 s, since that is what
-//!   `TCP_KEEPIDLE` takes; any duration is capped at [`MAX_DURATION`].
-//! - Positional fields must come before the options. A field is an option only
-//!   when it starts with an unquoted `KEY=`, so a quoted `"a=b"` is positional.
-//! - `auth-scheme` is proxy-only like `auth`, `auth-file` and `header`.
-//! - `header` refuses `Host` and `Proxy-Authorization` (the program writes
-//!   them; a secret would also show in `--check`), and `Content-Length` and
-//!   `Transfer-Encoding` (they would make the proxy wait for a request body).
-//! - `keepalive=0` means `off`, as `idle-timeout=0` means never.
-//! - Keyword values (`off`, `unlimited`, scheme names) and units are
-//!   case-insensitive; option keys are not.
-//! - A file without any entry is an error (a half-written file must not stop
-//!   every listener on reload).
-//! - An entry whose first hop (proxy, or destination when direct) is an IP
-//!   literal or `localhost` equal to its own listen address is an error: the
-//!   tunnel would connect to itself.
-//! - Error messages never echo a password: `auth` values are not quoted, and a
-//!   positional field shaped like `user:password@host` is shown as `user:***@host`.
+#![doc = include_str!("grammar.md")]
 
+mod allow;
 mod display;
+mod env;
 mod grammar;
 mod key;
 mod lex;
+mod options;
+mod routes;
 #[cfg(test)]
 mod test_support;
 mod url;
@@ -93,12 +49,10 @@ use std::path::{Path, PathBuf};
 use std::str::FromStr;
 use std::time::Duration;
 
+pub use allow::{allowed, Allow};
+pub use env::{EnvProxy, NoProxy, PROXY_VARIABLES};
 pub(crate) use values::is_token_char;
 pub use values::{format_duration, format_size, parse_duration, parse_size};
-
-/// How long a route that failed is passed over by new tunnels
-/// (`proxy-backoff`).
-pub const DEFAULT_PROXY_BACKOFF: Duration = Duration::from_secs(30);
 
 /// Default capacity of each of a tunnel's two ring buffers. Chosen from the
 /// buffer sweep in BENCHMARKS.md (`cargo bench --bench throughput -- sweep`):
@@ -111,6 +65,8 @@ pub const DEFAULT_BUFFER: usize = 256 * 1024;
 pub const DEFAULT_CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 /// Default `keepalive` idle time.
 pub const DEFAULT_KEEPALIVE: Duration = Duration::from_secs(60);
+/// Default `proxy-backoff`.
+pub const DEFAULT_PROXY_BACKOFF: Duration = Duration::from_secs(30);
 /// Smallest `buffer` accepted (1k).
 pub const MIN_BUFFER: usize = 1024;
 /// Largest `buffer` accepted (16m).
@@ -126,6 +82,17 @@ pub const MAX_KEEPALIVE: Duration = Duration::from_secs(32767);
 pub struct Config {
     /// Entries in file order.
     pub entries: Vec<Entry>,
+    /// The `metrics` line, if the file has one.
+    pub metrics: Option<Metrics>,
+}
+
+/// The `metrics LISTEN` line: where `/metrics` is served.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Metrics {
+    /// 1-based line number in the file.
+    pub line: usize,
+    /// The address to listen on (a bare `PORT` is `127.0.0.1:PORT`).
+    pub listen: SocketAddr,
 }
 
 /// A host (DNS name or IP literal, IPv6 without brackets) and a port.
@@ -135,6 +102,52 @@ pub struct HostPort {
     pub host: String,
     /// 1–65535 when parsed from a file.
     pub port: u16,
+}
+
+/// Where an entry's tunnels end.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Dest {
+    /// `LISTEN DEST_HOST DEST_PORT`: always the same destination.
+    Fixed(HostPort),
+    /// `LISTEN socks`: each SOCKS 4/4a/5 client names its destination.
+    Socks,
+    /// `LISTEN http`: each HTTP `CONNECT` client names its destination.
+    Http,
+}
+
+impl Dest {
+    /// The destination of a fixed entry; `None` for a client-named one.
+    pub fn fixed(&self) -> Option<&HostPort> {
+        match self {
+            Dest::Fixed(dest) => Some(dest),
+            Dest::Socks | Dest::Http => None,
+        }
+    }
+
+    /// True for `socks` and `http` entries.
+    pub fn is_client_named(&self) -> bool {
+        self.fixed().is_none()
+    }
+}
+
+/// One route of an entry: the proxies a tunnel goes through, in order.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RouteSpec {
+    /// Each hop `CONNECT`s to the next one, the last to the destination;
+    /// empty for `direct`.
+    pub hops: Vec<Proxy>,
+}
+
+impl RouteSpec {
+    /// The `direct` route.
+    pub fn direct() -> RouteSpec {
+        RouteSpec { hops: Vec::new() }
+    }
+
+    /// True for the `direct` route.
+    pub fn is_direct(&self) -> bool {
+        self.hops.is_empty()
+    }
 }
 
 /// Proxy credentials. `Debug` never shows the password.
@@ -157,16 +170,25 @@ pub enum AuthScheme {
     Digest,
     /// NTLM (negotiate, challenge, authenticate).
     Ntlm,
+    /// SPNEGO/Kerberos with the user's ticket (no password in the config).
+    Negotiate,
 }
 
-/// The HTTP proxy of an entry and everything that only makes sense with one.
+/// One proxy (a hop of a route) and everything that only makes sense with one.
+///
+/// On the first hop of a route the options (`auth`, `auth-file`,
+/// `auth-scheme`, `header`) apply; later hops have only their URL's own
+/// credentials, [`AuthScheme::Auto`] and no headers.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Proxy {
     /// Where the proxy listens.
     pub addr: HostPort,
-    /// From `auth=`, the URL's user info, or the first line of `auth-file=`.
+    /// `https://`: speak TLS to the proxy (SNI and certificate for `addr.host`).
+    pub tls: bool,
+    /// From the URL's user info, `auth=`, or the first line of `auth-file=`.
     pub credentials: Option<Credentials>,
-    /// `auth-file=` resolved against the config file's folder (kept for display and reload).
+    /// `auth-file=` resolved against the config file's folder (kept for
+    /// display and reload); `Some` only when `credentials` came from it.
     pub auth_file: Option<PathBuf>,
     /// `auth-scheme=`, [`AuthScheme::Auto`] unless given.
     pub auth_scheme: AuthScheme,
@@ -177,7 +199,7 @@ pub struct Proxy {
 /// Per-entry options (after `defaults` were applied).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Options {
-    /// `connect-timeout`, more than zero.
+    /// `connect-timeout`, more than zero; per route.
     pub connect_timeout: Duration,
     /// `None` = never.
     pub idle_timeout: Option<Duration>,
@@ -187,6 +209,13 @@ pub struct Options {
     pub max_conns: Option<usize>,
     /// Capacity of each ring buffer, in bytes.
     pub buffer: usize,
+    /// `proxy-backoff`: how long a failed route is passed over; more than zero.
+    pub proxy_backoff: Duration,
+    /// `proxy-ca`: a readable PEM file (resolved against the config file's
+    /// folder) trusted for `https://` hops instead of the system store.
+    pub proxy_ca: Option<PathBuf>,
+    /// `proxy-verify`: `false` accepts any certificate and name.
+    pub proxy_verify: bool,
 }
 
 impl Default for Options {
@@ -198,23 +227,67 @@ impl Default for Options {
             keepalive: Some(DEFAULT_KEEPALIVE),
             max_conns: None,
             buffer: DEFAULT_BUFFER,
+            proxy_backoff: DEFAULT_PROXY_BACKOFF,
+            proxy_ca: None,
+            proxy_verify: true,
         }
     }
 }
 
-/// One forwarded port: one line of the file.
+/// One listener: one entry line of the file.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Entry {
     /// 1-based line number in the file (ignored by [`Entry::same_settings`]).
     pub line: usize,
     /// The address to listen on.
     pub listen: SocketAddr,
-    /// Where the tunnel ends.
-    pub dest: HostPort,
-    /// The HTTP proxy to go through, `None` for a direct connection.
-    pub proxy: Option<Proxy>,
+    /// What the tunnel reaches.
+    pub dest: Dest,
+    /// Never empty; tried in order by each new tunnel. `[direct]` for a
+    /// direct entry (and for an `env` entry the environment made direct).
+    pub routes: Vec<RouteSpec>,
+    /// `Some` when PROXY was `env`: what the environment said.
+    pub env: Option<EnvProxy>,
+    /// Client-named entries only: the destinations clients may ask for;
+    /// empty means every destination (`*`). See [`allowed`].
+    pub allow: Vec<Allow>,
     /// Every option, defaults applied.
     pub options: Options,
+}
+
+impl Entry {
+    /// True when some route goes through a proxy, or PROXY was `env`: the
+    /// entries proxy-only options may be given on.
+    pub fn is_proxied(&self) -> bool {
+        self.env.is_some() || self.routes.iter().any(|r| !r.is_direct())
+    }
+
+    /// True when both entries would behave the same: every field but `line`
+    /// is equal (credentials included). Reload uses it to tell "changed" from
+    /// "unchanged".
+    pub fn same_settings(&self, other: &Entry) -> bool {
+        // Destructured so that a field added to `Entry` cannot be forgotten here.
+        let Entry {
+            line: _,
+            listen,
+            dest,
+            routes,
+            env,
+            allow,
+            options,
+        } = self;
+        *listen == other.listen
+            && *dest == other.dest
+            && *routes == other.routes
+            && *env == other.env
+            && *allow == other.allow
+            && *options == other.options
+    }
+
+    /// Every hop of every route, each once per route.
+    pub fn hops(&self) -> impl Iterator<Item = &Proxy> {
+        self.routes.iter().flat_map(|r| r.hops.iter())
+    }
 }
 
 /// One problem found in a config file.
@@ -249,13 +322,14 @@ impl fmt::Debug for Credentials {
 }
 
 impl fmt::Display for AuthScheme {
-    /// The config keyword: `auto`, `basic`, `digest` or `ntlm`.
+    /// The config keyword: `auto`, `basic`, `digest`, `ntlm` or `negotiate`.
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(match self {
             AuthScheme::Auto => "auto",
             AuthScheme::Basic => "basic",
             AuthScheme::Digest => "digest",
             AuthScheme::Ntlm => "ntlm",
+            AuthScheme::Negotiate => "negotiate",
         })
     }
 }
@@ -263,7 +337,7 @@ impl fmt::Display for AuthScheme {
 impl FromStr for AuthScheme {
     type Err = String;
 
-    /// `auto`, `basic`, `digest` or `ntlm`, case-insensitive.
+    /// `auto`, `basic`, `digest`, `ntlm` or `negotiate`, case-insensitive.
     ///
     /// # Errors
     ///
@@ -274,34 +348,16 @@ impl FromStr for AuthScheme {
             "basic" => Ok(AuthScheme::Basic),
             "digest" => Ok(AuthScheme::Digest),
             "ntlm" => Ok(AuthScheme::Ntlm),
-            _ => Err("expected auto, basic, digest or ntlm".to_string()),
+            "negotiate" => Ok(AuthScheme::Negotiate),
+            _ => Err("expected auto, basic, digest, ntlm or negotiate".to_string()),
         }
     }
 }
 
-impl Entry {
-    /// True when both entries would behave the same: every field but `line`
-    /// is equal (credentials included). Reload uses it to tell "changed" from
-    /// "unchanged".
-    pub fn same_settings(&self, other: &Entry) -> bool {
-        // Destructured so that a field added to `Entry` cannot be forgotten here.
-        let Entry {
-            line: _,
-            listen,
-            dest,
-            proxy,
-            options,
-        } = self;
-        *listen == other.listen
-            && *dest == other.dest
-            && *proxy == other.proxy
-            && *options == other.options
-    }
-}
-
-/// Reads and parses the config file at `path`; `auth-file`s are read with
-/// [`std::fs::read_to_string`], relative to the file's folder. Errors name the
-/// file as `path` was given.
+/// Reads and parses the config file at `path`; `auth-file`s and `proxy-ca`s
+/// are read with [`std::fs::read_to_string`], relative to the file's folder;
+/// `env` reads the process environment. Errors name the file as `path` was
+/// given.
 ///
 /// # Errors
 ///
@@ -349,32 +405,33 @@ pub fn warnings(config: &Config, file: &str) -> Vec<String> {
     let mut seen: Vec<&Path> = Vec::new();
     let mut out = Vec::new();
     for entry in &config.entries {
-        let Some(path) = entry.proxy.as_ref().and_then(|p| p.auth_file.as_deref()) else {
-            continue;
-        };
-        if seen.contains(&path) {
-            continue;
-        }
-        seen.push(path);
-        if let Ok(meta) = std::fs::metadata(path) {
-            let mode = meta.permissions().mode() & 0o777;
-            if mode & 0o077 != 0 {
-                out.push(format!(
-                    "{file}:{}: auth-file {} can be read by other users (mode {mode:04o}); `chmod 600` it",
-                    entry.line,
-                    path.display()
-                ));
+        for path in entry.hops().filter_map(|p| p.auth_file.as_deref()) {
+            if seen.contains(&path) {
+                continue;
+            }
+            seen.push(path);
+            if let Ok(meta) = std::fs::metadata(path) {
+                let mode = meta.permissions().mode() & 0o777;
+                if mode & 0o077 != 0 {
+                    out.push(format!(
+                        "{file}:{}: auth-file {} can be read by other users (mode {mode:04o}); `chmod 600` it",
+                        entry.line,
+                        path.display()
+                    ));
+                }
             }
         }
     }
     out
 }
 
-/// Parses the text of a config file.
+/// Parses the text of a config file; `env` entries read the process
+/// environment (see [`parse_str_env`]).
 ///
 /// `file` is the name errors show; `base_dir` is the folder relative
-/// `auth-file` paths start from; `read_file` reads an `auth-file` (given the
-/// resolved path) and is called once per `auth-file` option, in file order.
+/// `auth-file` and `proxy-ca` paths start from; `read_file` reads an
+/// `auth-file` or `proxy-ca` (given the resolved path) and is called once
+/// per such option, in file order.
 ///
 /// # Errors
 ///
@@ -386,8 +443,28 @@ pub fn parse_str(
     base_dir: &Path,
     read_file: &mut dyn FnMut(&Path) -> io::Result<String>,
 ) -> Result<Config, Vec<Error>> {
-    match grammar::parse(text, base_dir, read_file) {
-        Ok(entries) => Ok(Config { entries }),
+    // A variable that is not UTF-8 is read lossily: it then fails to parse
+    // and is reported by name, rather than silently taken as unset.
+    let env = |name: &str| std::env::var_os(name).map(|v| v.to_string_lossy().into_owned());
+    parse_str_env(text, file, base_dir, read_file, &env)
+}
+
+/// [`parse_str`] with the environment given as a lookup: `env(NAME)` is the
+/// value of variable `NAME`, `None` when it is not set. It is asked only
+/// when some entry's PROXY is `env`, and at most once per name.
+///
+/// # Errors
+///
+/// As [`parse_str`].
+pub fn parse_str_env(
+    text: &str,
+    file: &str,
+    base_dir: &Path,
+    read_file: &mut dyn FnMut(&Path) -> io::Result<String>,
+    env: &dyn Fn(&str) -> Option<String>,
+) -> Result<Config, Vec<Error>> {
+    match grammar::parse(text, base_dir, read_file, env) {
+        Ok((entries, metrics)) => Ok(Config { entries, metrics }),
         Err(errors) => Err(errors
             .into_iter()
             .map(|(line, message)| Error {
@@ -425,6 +502,7 @@ mod tests {
             ("basic", AuthScheme::Basic),
             ("Digest", AuthScheme::Digest),
             ("NTLM", AuthScheme::Ntlm),
+            ("negotiate", AuthScheme::Negotiate),
         ] {
             let entry = one(&format!("2222 h 22 p 1 auth-scheme={value}"));
             assert_eq!(proxy_of(&entry).auth_scheme, scheme);
@@ -432,7 +510,7 @@ mod tests {
         }
         assert_eq!(
             err1("2222 h 22 p 1 auth-scheme=kerberos"),
-            "x.conf:1: invalid auth-scheme \"kerberos\": expected auto, basic, digest or ntlm"
+            "x.conf:1: invalid auth-scheme \"kerberos\": expected auto, basic, digest, ntlm or negotiate"
         );
     }
 
@@ -571,6 +649,18 @@ mod tests {
             Just("keepalive=off".to_string()),
             Just("max-conns=3".to_string()),
             Just("buffer=16k".to_string()),
+            Just("socks".to_string()),
+            Just("http".to_string()),
+            Just("env".to_string()),
+            Just("direct".to_string()),
+            Just("metrics".to_string()),
+            Just("http://a:1,direct".to_string()),
+            Just("https://u:p@b:2>http://c:3".to_string()),
+            Just(",>".to_string()),
+            Just("allow=.a,10.0.0.0/8:22".to_string()),
+            Just("proxy-backoff=1s".to_string()),
+            Just("proxy-ca=ca.pem".to_string()),
+            Just("proxy-verify=off".to_string()),
             "[a-z=:@/%\\[\\]\"#\\\\0-9.-]{0,12}",
         ]
     }
@@ -599,6 +689,8 @@ mod tests {
             Just("::1"),
             Just("[2001:db8::5]"),
             Just("a_b.c-d.example."),
+            Just("socks"),
+            Just("http"),
         ];
         let proxy = prop_oneof![
             Just(None),
@@ -607,7 +699,55 @@ mod tests {
             Just(Some("http://proxy:3128")),
             Just(Some("http://us%20er:p%40ss@[::1]:8080/")),
             Just(Some("auth-file")),
+            Just(Some("env")),
+            Just(Some("direct")),
+            Just(Some("routes")),
         ];
+        // A route list of distinct routes: each hop's port is unique.
+        let hop = (
+            any::<bool>(),
+            prop::option::of("[a-z]{1,4}"),
+            prop_oneof![Just("p.corp"), Just("10.0.0.1"), Just("[fd00::1]")],
+        );
+        let route = prop::option::of(prop::collection::vec(hop, 1..4));
+        let routes = prop::collection::vec(route, 1..4).prop_map(|routes| {
+            let mut direct_seen = false;
+            let mut out = Vec::new();
+            for (i, route) in routes.into_iter().enumerate() {
+                match route {
+                    None if direct_seen => continue,
+                    None => {
+                        direct_seen = true;
+                        out.push("direct".to_string());
+                    }
+                    Some(hops) => out.push(
+                        hops.into_iter()
+                            .enumerate()
+                            .map(|(j, (tls, user, host))| {
+                                let scheme = if tls { "https" } else { "http" };
+                                let info = user.map(|u| format!("{u}:pw@")).unwrap_or_default();
+                                format!("{scheme}://{info}{host}:{}", 1000 + i * 10 + j)
+                            })
+                            .collect::<Vec<_>>()
+                            .join(">"),
+                    ),
+                }
+            }
+            out.join(",")
+        });
+        let allow = prop::option::of(prop_oneof![
+            Just("allow=*"),
+            Just("allow=.example.org,10.0.0.0/8:22"),
+            Just("allow=[fd00::/8]:22-80 allow=git.example.org"),
+        ]);
+        let tls_options = (
+            prop::option::of((1u64..100_000).prop_map(|n| format!("proxy-backoff={n}ms"))),
+            prop::option::of(Just("proxy-ca=ca.pem".to_string())),
+            prop::option::of(prop_oneof![
+                Just("proxy-verify=on".to_string()),
+                Just("proxy-verify=off".to_string())
+            ]),
+        );
         let header = ("[A-Za-z][A-Za-z0-9-]{0,10}", "[ -~]{0,20}")
             .prop_filter("refused names", |(name, _)| {
                 ![
@@ -640,25 +780,49 @@ mod tests {
             ]),
             prop::collection::vec(header, 0..3),
         );
-        (listen, dest, 1u16.., proxy, options, proxy_options).prop_map(
-            |(listen, dest, port, proxy, options, (scheme, headers))| {
-                let mut fields = vec![listen.to_string(), dest.to_string(), port.to_string()];
-                let (o1, o2, o3, o4, o5) = options;
-                match proxy {
-                    None => {}
-                    Some("auth-file") => {
-                        fields.push("p 1 auth-file=secret".to_string());
-                    }
-                    Some(p) => fields.push(p.to_string()),
-                }
-                if proxy.is_some() {
-                    fields.extend(scheme.map(str::to_string));
-                    fields.extend(headers);
-                }
-                fields.extend([o1, o2, o3, o4, o5].into_iter().flatten());
-                fields.join(" ")
-            },
+        (
+            listen,
+            dest,
+            1u16..,
+            proxy,
+            options,
+            proxy_options,
+            (routes, allow, tls_options),
         )
+            .prop_map(
+                |(listen, dest, port, proxy, options, (scheme, headers), (routes, allow, tls))| {
+                    let client_named = matches!(dest, "socks" | "http");
+                    let mut fields = vec![listen.to_string(), dest.to_string()];
+                    if !client_named {
+                        fields.push(port.to_string());
+                    }
+                    let (o1, o2, o3, o4, o5) = options;
+                    match proxy {
+                        None | Some("direct") => {}
+                        Some("auth-file") => {
+                            fields.push("p 1 auth-file=secret".to_string());
+                        }
+                        Some("routes") => fields.push(routes.clone()),
+                        Some(p) => fields.push(p.to_string()),
+                    }
+                    let proxied = match proxy {
+                        None | Some("direct") => false,
+                        Some("routes") => routes != "direct",
+                        Some(_) => true,
+                    };
+                    if proxied {
+                        fields.extend(scheme.map(str::to_string));
+                        fields.extend(headers);
+                        let (b, c, v) = tls;
+                        fields.extend([b, c, v].into_iter().flatten());
+                    }
+                    if client_named {
+                        fields.extend(allow.map(str::to_string));
+                    }
+                    fields.extend([o1, o2, o3, o4, o5].into_iter().flatten());
+                    fields.join(" ")
+                },
+            )
     }
 
     proptest! {
@@ -684,10 +848,7 @@ mod tests {
                 Ok(c) => c.entries[0].clone(),
                 Err(e) => return Err(TestCaseError::fail(format!("{printed} -> {e:?}"))),
             };
-            let mut expected = entry.clone();
-            if let Some(c) = expected.proxy.as_mut().filter(|p| p.auth_file.is_none()).and_then(|p| p.credentials.as_mut()) {
-                c.password = "***".to_string();
-            }
+            let expected = masked(entry);
             prop_assert!(expected.same_settings(&again), "{} vs {}", printed, again);
             prop_assert_eq!(again.to_string(), printed);
         }
@@ -710,14 +871,7 @@ mod tests {
                             Ok(c) => c.entries[0].clone(),
                             Err(e) => return Err(TestCaseError::fail(format!("{entry} -> {e:?}"))),
                         };
-                        let mut expected = entry.clone();
-                        if let Some(proxy) = expected.proxy.as_mut() {
-                            if proxy.auth_file.is_none() {
-                                if let Some(c) = proxy.credentials.as_mut() {
-                                    c.password = "***".to_string();
-                                }
-                            }
-                        }
+                        let expected = masked(entry);
                         prop_assert!(expected.same_settings(&again), "{} vs {}", entry, again);
                     }
                 }

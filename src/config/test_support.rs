@@ -1,11 +1,13 @@
 //! Helpers shared by the unit tests of every `config` file: a fake
-//! `auth-file` reader, and short ways to parse a text and look at the result.
+//! `auth-file` and `proxy-ca` reader, a fake environment, and short ways to
+//! parse a text and look at the result.
 
+use std::collections::HashMap;
 use std::io;
 use std::net::SocketAddr;
 use std::path::Path;
 
-use super::{parse_str, Config, Credentials, Entry, Error, HostPort, Proxy};
+use super::{parse_str_env, Config, Credentials, Entry, Error, HostPort, Proxy};
 
 pub(super) const BASE: &str = "/etc/ht";
 
@@ -21,13 +23,44 @@ pub(super) fn reader(path: &Path) -> io::Result<String> {
         Some("/etc/ht/nouser") => ":pw\n",
         Some("/etc/ht/with space") => "erin:pw\n",
         Some("/abs/other") => "carol:c\n",
+        Some("/etc/ht/ca.pem") | Some("/etc/ht/with space.pem") => {
+            "-----BEGIN CERTIFICATE-----\nMIIB\n-----END CERTIFICATE-----\n"
+        }
+        Some("/etc/ht/key.pem") => "-----BEGIN PRIVATE KEY-----\nMIIB\n-----END PRIVATE KEY-----\n",
         _ => return Err(io::Error::new(io::ErrorKind::NotFound, "no such file")),
     };
     Ok(text.to_string())
 }
 
+/// Parses `text` with no proxy variable set.
 pub(super) fn parse(text: &str) -> Result<Config, Vec<Error>> {
-    parse_str(text, "x.conf", Path::new(BASE), &mut reader)
+    parse_env(text, &[])
+}
+
+/// Parses `text` in an environment of exactly `vars`.
+pub(super) fn parse_env(text: &str, vars: &[(&str, &str)]) -> Result<Config, Vec<Error>> {
+    let map: HashMap<&str, &str> = vars.iter().copied().collect();
+    let env = |name: &str| map.get(name).map(|v| v.to_string());
+    parse_str_env(text, "x.conf", Path::new(BASE), &mut reader, &env)
+}
+
+/// The single entry of `text` in an environment of exactly `vars`.
+pub(super) fn one_env(text: &str, vars: &[(&str, &str)]) -> Entry {
+    match parse_env(text, vars) {
+        Ok(config) => {
+            assert_eq!(config.entries.len(), 1, "{config:?}");
+            config.entries[0].clone()
+        }
+        Err(errors) => panic!("unexpected errors for {text:?}: {errors:?}"),
+    }
+}
+
+/// The errors of `text` in an environment of exactly `vars`, as printed.
+pub(super) fn errs_env(text: &str, vars: &[(&str, &str)]) -> Vec<String> {
+    match parse_env(text, vars) {
+        Ok(config) => panic!("{text:?} parsed: {config:?}"),
+        Err(errors) => errors.iter().map(ToString::to_string).collect(),
+    }
 }
 
 pub(super) fn ok(text: &str) -> Config {
@@ -75,6 +108,36 @@ pub(super) fn sa(s: &str) -> SocketAddr {
     s.parse().expect("test address")
 }
 
+/// The first hop of the entry's first route.
 pub(super) fn proxy_of(entry: &Entry) -> Proxy {
-    entry.proxy.clone().expect("entry has a proxy")
+    first_proxy(entry).expect("entry has a proxy")
+}
+
+/// The first hop of the entry's first route, `None` when that route is direct.
+pub(super) fn first_proxy(entry: &Entry) -> Option<Proxy> {
+    entry.routes[0].hops.first().cloned()
+}
+
+/// `entry` as it reads back from its own Display: passwords that came from
+/// a URL or `auth=` (not from an `auth-file` or the environment) are `***`.
+pub(super) fn masked(entry: &Entry) -> Entry {
+    let mut out = entry.clone();
+    let env_credentials = entry
+        .env
+        .as_ref()
+        .and_then(|e| e.proxy.as_ref())
+        .and_then(|p| p.credentials.clone());
+    for route in &mut out.routes {
+        for hop in &mut route.hops {
+            if hop.auth_file.is_some() {
+                continue;
+            }
+            if let Some(c) = hop.credentials.as_mut() {
+                if env_credentials.as_ref() != Some(c) {
+                    c.password = "***".to_string();
+                }
+            }
+        }
+    }
+    out
 }

@@ -1,10 +1,10 @@
-//! Proxy URLs: `http://[USER:PASSWORD@]HOST:PORT`.
+//! Hop URLs: `http://[USER:PASSWORD@]HOST:PORT` and `https://...`.
 //!
-//! Owns: splitting a PROXY_URL into scheme, user info, host and port;
+//! Owns: splitting a hop URL into scheme, user info, host and port;
 //! percent-decoding the user info (and percent-encoding a user name again
 //! for the normalised display); hiding what looks like a password in any
 //! field a message quotes ([`redact`]). Never does: accept a scheme other
-//! than `http`, a path, or a message that echoes a password.
+//! than `http` and `https`, a path, or a message that echoes a password.
 
 use std::borrow::Cow;
 
@@ -13,18 +13,33 @@ use percent_encoding::{percent_decode_str, percent_encode, NON_ALPHANUMERIC};
 use super::values::{check_credentials, parse_host_reason, parse_port};
 use super::{Credentials, HostPort};
 
-/// `http://[USER:PASSWORD@]HOST:PORT[/]`.
-pub(super) fn parse_proxy_url(s: &str) -> Result<(HostPort, Option<Credentials>), String> {
-    const FORM: &str = "expected http://[USER:PASSWORD@]HOST:PORT";
+/// One hop as its URL gives it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(super) struct UrlHop {
+    pub(super) addr: HostPort,
+    /// `https://`.
+    pub(super) tls: bool,
+    /// The URL's own user info, percent-decoded.
+    pub(super) credentials: Option<Credentials>,
+}
+
+/// `http[s]://[USER:PASSWORD@]HOST:PORT[/]`; `what` names the field in
+/// messages (`PROXY_URL`, or `URL` for a variable of the environment).
+pub(super) fn parse_proxy_url(s: &str, what: &str) -> Result<UrlHop, String> {
+    let form = "expected http://[USER:PASSWORD@]HOST:PORT";
     let Some((scheme, rest)) = s.split_once("://") else {
-        return Err(format!("invalid PROXY_URL: {FORM}"));
+        return Err(format!("invalid {what}: {form}"));
     };
-    if !scheme.eq_ignore_ascii_case("http") {
+    let tls = if scheme.eq_ignore_ascii_case("http") {
+        false
+    } else if scheme.eq_ignore_ascii_case("https") {
+        true
+    } else {
         return Err(format!(
-            "unsupported proxy scheme {:?} in PROXY_URL: only http:// is supported",
+            "unsupported proxy scheme {:?} in {what}: only http:// and https:// are supported",
             redact(scheme)
         ));
-    }
+    };
     let rest = rest.strip_suffix('/').unwrap_or(rest);
     // The last `@` ends the user info: a raw `@` in a password is common enough.
     let (user_info, host_port) = match rest.rfind('@') {
@@ -32,39 +47,40 @@ pub(super) fn parse_proxy_url(s: &str) -> Result<(HostPort, Option<Credentials>)
         None => (None, rest),
     };
     if host_port.contains(['/', '?', '#']) {
-        return Err(format!("invalid PROXY_URL: {FORM}, without a path"));
+        return Err(format!("invalid {what}: {form}, without a path"));
     }
     let (host, port) = if host_port.starts_with('[') {
         match host_port.find("]:") {
             Some(end) => (&host_port[..=end], &host_port[end + 2..]),
-            None if host_port.ends_with(']') => {
-                return Err(format!("PROXY_URL needs a port: {FORM}"))
-            }
-            None => return Err(format!("invalid PROXY_URL: {FORM}")),
+            None if host_port.ends_with(']') => return Err(format!("{what} needs a port: {form}")),
+            None => return Err(format!("invalid {what}: {form}")),
         }
     } else {
         match host_port.rsplit_once(':') {
             Some((host, _)) if host.contains(':') => {
-                return Err(
-                    "invalid PROXY_URL: write an IPv6 host in brackets, e.g. http://[::1]:3128"
-                        .to_string(),
-                )
+                return Err(format!(
+                    "invalid {what}: write an IPv6 host in brackets, e.g. http://[::1]:3128"
+                ))
             }
             Some(split) => split,
-            None => return Err(format!("PROXY_URL needs a port: {FORM}")),
+            None => return Err(format!("{what} needs a port: {form}")),
         }
     };
     let host = parse_host_reason(host)
-        .map_err(|reason| format!("invalid host {host:?} in PROXY_URL: {reason}"))?;
-    let port = parse_port(port, "PROXY_URL")?;
+        .map_err(|reason| format!("invalid host {host:?} in {what}: {reason}"))?;
+    let port = parse_port(port, what)?;
     let credentials = match user_info {
         None => None,
         Some(info) => Some(
             parse_user_info(info)
-                .map_err(|reason| format!("invalid user info in PROXY_URL: {reason}"))?,
+                .map_err(|reason| format!("invalid user info in {what}: {reason}"))?,
         ),
     };
-    Ok((HostPort { host, port }, credentials))
+    Ok(UrlHop {
+        addr: HostPort { host, port },
+        tls,
+        credentials,
+    })
 }
 
 /// Percent-decoded `USER:PASSWORD` of a URL.
@@ -177,8 +193,8 @@ mod tests {
     #[test]
     fn proxy_url_errors() {
         let cases = [
-            ("https://proxy:3128", "unsupported proxy scheme \"https\" in PROXY_URL: only http:// is supported"),
-            ("socks5://proxy:1080", "unsupported proxy scheme \"socks5\" in PROXY_URL: only http:// is supported"),
+            ("socks5://proxy:1080", "unsupported proxy scheme \"socks5\" in PROXY_URL: only http:// and https:// are supported"),
+            ("ftp://proxy:21", "unsupported proxy scheme \"ftp\" in PROXY_URL: only http:// and https:// are supported"),
             ("http://proxy", "PROXY_URL needs a port: expected http://[USER:PASSWORD@]HOST:PORT"),
             ("http://[::1]", "PROXY_URL needs a port: expected http://[USER:PASSWORD@]HOST:PORT"),
             ("http://[::1", "invalid PROXY_URL: expected http://[USER:PASSWORD@]HOST:PORT"),
@@ -245,7 +261,18 @@ mod tests {
             "2222 h 22 http://u:sekrit@h",
             "2222 h 22 http://u:sekrit@h:1 extra",
             "2222 h 22 http://u:sekrit%zz@h:1",
-            "2222 h 22 https://u:sekrit@h:1",
+            "2222 h 22 ftp://u:sekrit@h:1",
+            "2222 h 22 http://u:sekrit@h:1,,direct",
+            "2222 h 22 http://u:sekrit@h:1>",
+            "2222 h 22 http://u:sekrit@h:1>direct",
+            "2222 h 22 http://u:se,krit@h:1",
+            "2222 h 22 http://u:se>krit@h:1",
+            "2222 h 22 http://u:sekrit@h:1, direct",
+            "2222 h 22 http://u:sekrit@h:1 http://v:sekrit@h:2",
+            "2222 h 22 http://a:1,http://u:sekrit@h",
+            "2222 h 22 http://u:sekrit@h:1,http://u:sekrit@h:1",
+            "2222 socks http://u:sekrit@h:1 extra",
+            "2222 socks http://u:sekrit@h:1 auth=a:b",
             "2222 h 22 u:sekrit@h 1",
             "2222 h 22 u:sekrit@h",
             "2222 http://u:sekrit@h:1 22",

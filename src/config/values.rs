@@ -190,7 +190,7 @@ pub(super) fn parse_host_reason(s: &str) -> Result<String, String> {
 /// Letters, digits, `-`, `_` and `.`; labels 1–63 long, not starting or
 /// ending with `-`; at most 253 characters (a final `.` aside); the last
 /// label not all digits (that would be a broken IPv4 address).
-fn check_dns_name(s: &str) -> Result<(), String> {
+pub(super) fn check_dns_name(s: &str) -> Result<(), String> {
     if let Some(c) = s
         .chars()
         .find(|c| !(c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.')))
@@ -339,6 +339,27 @@ pub(super) fn parse_max_conns(value: &str) -> Result<Option<usize>, String> {
     }
 }
 
+pub(super) fn parse_proxy_backoff(value: &str) -> Result<Duration, String> {
+    let d = parse_duration(value)
+        .map_err(|reason| format!("invalid proxy-backoff {value:?}: {reason}"))?;
+    if d.is_zero() {
+        return Err("proxy-backoff must be more than 0".to_string());
+    }
+    Ok(d)
+}
+
+pub(super) fn parse_proxy_verify(value: &str) -> Result<bool, String> {
+    if value.eq_ignore_ascii_case("on") {
+        Ok(true)
+    } else if value.eq_ignore_ascii_case("off") {
+        Ok(false)
+    } else {
+        Err(format!(
+            "invalid proxy-verify {value:?}: expected on or off"
+        ))
+    }
+}
+
 pub(super) fn parse_buffer(value: &str) -> Result<usize, String> {
     let n = parse_size(value).map_err(|reason| format!("invalid buffer {value:?}: {reason}"))?;
     if !(MIN_BUFFER..=MAX_BUFFER).contains(&n) {
@@ -416,13 +437,28 @@ mod tests {
             ("1.2.3.4a", "1.2.3.4a"),
         ];
         for (host, stored) in cases {
-            assert_eq!(one(&format!("2222 {host} 22")).dest.host, stored, "{host}");
+            assert_eq!(
+                one(&format!("2222 {host} 22"))
+                    .dest
+                    .fixed()
+                    .expect("fixed")
+                    .host,
+                stored,
+                "{host}"
+            );
         }
         let long_label = "a".repeat(63);
         let long_name = [long_label.as_str(); 4].join(".");
         assert_eq!(long_name.len(), 255);
         let name_253 = &long_name[2..];
-        assert_eq!(one(&format!("2222 {name_253} 22")).dest.host, name_253);
+        assert_eq!(
+            one(&format!("2222 {name_253} 22"))
+                .dest
+                .fixed()
+                .expect("fixed")
+                .host,
+            name_253
+        );
     }
 
     #[test]
@@ -486,9 +522,9 @@ mod tests {
 
     #[test]
     fn ports_are_decimal_1_to_65535() {
-        assert_eq!(one("2222 h 1").dest.port, 1);
-        assert_eq!(one("2222 h 65535").dest.port, 65535);
-        assert_eq!(one("2222 h 0022").dest.port, 22);
+        assert_eq!(one("2222 h 1").dest.fixed().expect("fixed").port, 1);
+        assert_eq!(one("2222 h 65535").dest.fixed().expect("fixed").port, 65535);
+        assert_eq!(one("2222 h 0022").dest.fixed().expect("fixed").port, 22);
         for (port, message) in [
             ("0", "port \"0\" out of range 1-65535 in DEST_PORT"),
             ("65536", "port \"65536\" out of range 1-65535 in DEST_PORT"),

@@ -63,7 +63,7 @@ impl Engine {
             Ok(bound) if listen.port() == 0 => bound,
             _ => listen,
         };
-        let route = Rc::new(Route::new(entry));
+        let route = Rc::new(Route::with_tls(entry, &self.tls));
         let id = self.next_id();
         let slot = self.slab.vacant_entry();
         let key = slot.key();
@@ -78,6 +78,17 @@ impl Engine {
             route.entry.line,
             route.describe()
         );
+        let tls_hops = route
+            .paths
+            .iter()
+            .flat_map(|p| &p.hops)
+            .any(|h| h.tls.is_some());
+        if tls_hops && !route.entry.options.proxy_verify {
+            warn!(
+                "{listen} (line {}): proxy-verify=off: the certificates of its https:// proxies are not checked",
+                route.entry.line
+            );
+        }
         for hop in route.paths.iter().flat_map(|p| &p.hops) {
             if let Some(warning) = auth::load_warning(&hop.proxy) {
                 warn!("{listen} (line {}): {warning}", route.entry.line);
@@ -137,7 +148,7 @@ impl Engine {
             // The first route's first hop: what a new tunnel dials first.
             let v6 = l
                 .route
-                .first_hop_ip(0, &l.route.entry.dest)
+                .first_hop_ip(0, &l.route.dest)
                 .is_some_and(|a| a.is_ipv6());
             let reserve = match self.spare.take() {
                 Some(r) if r.is_v6() == v6 => Ok(r),

@@ -11,12 +11,14 @@ use super::{Engine, Slot};
 use crate::config::{Config, Entry};
 use crate::net;
 use crate::reload;
+use crate::tls;
 use crate::tunnel::{Route, Tunnel};
 
 impl Engine {
     /// Applies a valid new configuration: the pure [`reload::diff`] says
     /// what changes, this does it (SPEC "Reload").
-    pub(super) fn apply_reload(&mut self, config: Config) {
+    pub(super) fn apply_reload(&mut self, config: Config, store: tls::Store) {
+        self.tls = store;
         let running: Vec<(SocketAddr, &Entry)> = self
             .by_listen
             .iter()
@@ -40,10 +42,11 @@ impl Engine {
                 }
             }
         }
+        let store = self.tls.clone();
         for (listen, entry) in diff.unchanged {
             if let Some(l) = self.listener_at(listen) {
                 if l.route.entry.line != entry.line {
-                    l.route = Rc::new(Route::keeping_learnt(entry, &l.route));
+                    l.route = Rc::new(Route::keeping_learnt(entry, &l.route, &store));
                 }
             }
         }
@@ -54,7 +57,7 @@ impl Engine {
             let Some(Slot::Listener(l)) = self.slab.get_mut(key) else {
                 continue;
             };
-            let route = Route::new(entry);
+            let route = Route::with_tls(entry, &self.tls);
             info!("changed {listen} -> {}", route.describe());
             if let Err(e) = net::tune_listener(&l.socket, route.entry.options.keepalive) {
                 warn!("{listen}: socket options for new tunnels: {e}");

@@ -35,6 +35,7 @@ use crate::logsink;
 use crate::net;
 use crate::reload::{self, Reloader};
 use crate::resolve::{Job, Resolve, Resolver, SystemResolver};
+use crate::tls;
 use crate::tunnel::{self, Ctx, Progress, Tunnel};
 use accept::Listener;
 
@@ -60,6 +61,11 @@ pub enum Msg {
     Resolved(Lookup, io::Result<Vec<SocketAddr>>),
     /// A configuration was read again (or failed to parse).
     Reload(Result<Config, Vec<config::Error>>),
+    /// A valid configuration's TLS settings could not be built (a bad
+    /// `proxy-ca`, an unusable system store): the reload is refused.
+    TlsFailed(String),
+    /// A valid configuration with the TLS settings it needs.
+    Reloaded(Config, tls::Store),
     /// Stop: close listeners and tunnels, return from [`Engine::run`].
     Shutdown(&'static str),
 }
@@ -169,6 +175,8 @@ pub struct Engine {
     started: Instant,
     /// The signal source fired this tick (draining it costs a syscall).
     signalled: bool,
+    /// The TLS settings of the configuration in force.
+    tls: tls::Store,
     /// An upstream socket made for a client that was not there (accept
     /// said WouldBlock): the next accept of a route of its family uses it.
     spare: Option<net::Reserved>,
@@ -217,6 +225,7 @@ impl Engine {
             started: Instant::now(),
             signalled: false,
             spare: None,
+            tls: tls::Store::build(tunnel::trusts(&config.entries)).map_err(StartError::Setup)?,
         };
         for entry in config.entries {
             let (listen, line) = (entry.listen, entry.line);
@@ -243,7 +252,16 @@ impl Engine {
         if let Some(path) = opts.config_path {
             let handle = engine.handle();
             let reloader = reload::spawn(path, opts.watch, move |result| {
-                handle.send(Msg::Reload(result));
+                // Still on the reload thread: reading the CA files here
+                // keeps the reactor from blocking on them.
+                let msg = match result {
+                    Ok(config) => match tls::Store::build(tunnel::trusts(&config.entries)) {
+                        Ok(store) => Msg::Reloaded(config, store),
+                        Err(e) => Msg::TlsFailed(e),
+                    },
+                    Err(errors) => Msg::Reload(Err(errors)),
+                };
+                handle.send(msg);
             })
             .map_err(|e| setup("watching the config file", e))?;
             engine.reloader = Some(reloader);
@@ -402,7 +420,17 @@ impl Engine {
         while let Ok(msg) = self.rx.try_recv() {
             match msg {
                 Msg::Resolved(lookup, answer) => self.resolved(lookup, answer, now),
-                Msg::Reload(Ok(config)) => self.apply_reload(config),
+                Msg::Reload(Ok(config)) => {
+                    // In-process callers (tests): settings built here.
+                    match tls::Store::build(tunnel::trusts(&config.entries)) {
+                        Ok(store) => self.apply_reload(config, store),
+                        Err(e) => warn!("reload failed, keeping the running configuration: {e}"),
+                    }
+                }
+                Msg::Reloaded(config, store) => self.apply_reload(config, store),
+                Msg::TlsFailed(e) => {
+                    warn!("reload failed, keeping the running configuration: {e}")
+                }
                 Msg::Reload(Err(errors)) => {
                     warn!("reload failed, keeping the running configuration");
                     for e in errors {

@@ -86,7 +86,7 @@ mod tests {
         assert_eq!(d.removed, vec![addr(2002)]);
         assert_eq!(d.changed.len(), 1);
         assert_eq!(d.changed[0].0, addr(2003));
-        assert_eq!(d.changed[0].1.dest.port, 30);
+        assert_eq!(d.changed[0].1.dest.fixed().expect("fixed").port, 30);
         assert_eq!(d.unchanged.len(), 1);
         assert_eq!(d.unchanged[0].0, addr(2001));
         assert_eq!(d.unchanged[0].1.line, 2, "the new line number is kept");

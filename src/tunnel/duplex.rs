@@ -50,6 +50,20 @@ impl Tunnel {
     /// Forwarding: pump both directions until nothing more can move, the
     /// budget is spent, or the tunnel ends.
     pub(crate) fn forward(&mut self, now: Instant) -> Progress {
+        // A socks/http client hears that the tunnel is open before any
+        // byte of the destination's.
+        if self.named.is_some() {
+            match self.reply_to_client() {
+                Ok(true) => {}
+                Ok(false) => return Progress::Idle,
+                Err(error) => {
+                    return self.end_with(Fault {
+                        side: Side::Client,
+                        error,
+                    })
+                }
+            }
+        }
         let Some(upstream) = self.upstream.as_mut() else {
             return self.fail(
                 Failure::Other,

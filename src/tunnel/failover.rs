@@ -9,6 +9,18 @@ use super::{Ctx, Progress, Reason, State, Tunnel};
 use crate::net;
 
 impl Tunnel {
+    /// Once a client named its destination: the routes to try for it (an
+    /// `env` entry's NO_PROXY sends a matching destination direct).
+    pub(crate) fn route_for_dest(&mut self, now: std::time::Instant) {
+        if let Some(i) = self.route.bypass(&self.dest().host) {
+            self.path = i as u8;
+            self.remaining = 1 << i;
+            return;
+        }
+        self.remaining = self.route.candidates(now);
+        self.path = self.remaining.trailing_zeros() as u8;
+    }
+
     /// After an attempt ended: when the route was at fault and another is
     /// left, the tunnel moves on to it (SPEC "Routes, failover and chains"):
     /// the failed route is passed over by new tunnels for `proxy-backoff`,
@@ -26,7 +38,7 @@ impl Tunnel {
             let route = Rc::clone(&self.route);
             let path = &route.paths[self.path as usize];
             if route.paths.len() > 1 {
-                let backoff = crate::config::DEFAULT_PROXY_BACKOFF;
+                let backoff = route.entry.options.proxy_backoff;
                 if path.back_off(ctx.now + backoff) {
                     warn!(
                         "{}: route {} failed ({why}); new tunnels pass it over for {}",

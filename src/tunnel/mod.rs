@@ -41,6 +41,7 @@
 //! a half-close; a reset or error on either side, noticed even while neither
 //! side is read or written, closes both.
 
+mod client;
 mod duplex;
 mod endpoint;
 mod failover;
@@ -67,7 +68,7 @@ use crate::transport::Transport;
 use duplex::{Fault, Flow};
 use endpoint::Endpoint;
 pub use logline::Prefix;
-pub use route::{Hop, Path, Route};
+pub use route::{trusts, Hop, Path, Route};
 use upstream::{Reading, Resume, Sending};
 
 /// Side 0 of a tunnel's token: the accepted client socket (and listeners).
@@ -251,6 +252,8 @@ pub struct Tunnel {
     /// The destination a client named (socks/http entries); `None`: the
     /// entry's.
     dest: Option<Box<HostPort>>,
+    /// A socks/http entry's client stage, until its reply is written.
+    named: Option<Box<client::ClientStage>>,
     /// Set while the tunnel is on the reactor's list of tunnels to drive.
     pub queued: bool,
     /// The earliest instant the reactor's timer heap holds for this tunnel
@@ -273,6 +276,7 @@ impl Tunnel {
         let deadline = now + route.entry.options.connect_timeout;
         let remaining = route.candidates(now);
         let path = remaining.trailing_zeros() as u8;
+        let named = route.client.map(|p| Box::new(client::ClientStage::new(p)));
         Tunnel {
             id,
             listener,
@@ -297,6 +301,7 @@ impl Tunnel {
             remaining,
             lookups: 0,
             dest: None,
+            named,
             queued: false,
             timer: None,
         }
@@ -324,7 +329,7 @@ impl Tunnel {
 
     /// Where the tunnel leads: the entry's destination, or the client's.
     pub fn dest(&self) -> &HostPort {
-        self.dest.as_deref().unwrap_or(&self.route.entry.dest)
+        self.dest.as_deref().unwrap_or(&self.route.dest)
     }
 
     /// The hops of the route being tried.
@@ -350,6 +355,9 @@ impl Tunnel {
         let State::Accepting { lookup: None, .. } = self.state else {
             return None;
         };
+        if self.named.as_ref().is_some_and(|n| !n.has_request()) {
+            return None; // the client has not named its destination yet
+        }
         if self
             .route
             .first_hop_ip(self.path as usize, self.dest())
@@ -435,6 +443,9 @@ impl Tunnel {
     }
 
     fn dial_now(&mut self, ctx: &mut Ctx<'_>) -> Progress {
+        if self.named.as_ref().is_some_and(|n| !n.has_request()) {
+            return Progress::Idle; // the client has not named its destination yet
+        }
         let ip = self.route.first_hop_ip(self.path as usize, self.dest());
         match (&mut self.state, ip) {
             (
@@ -460,6 +471,7 @@ impl Tunnel {
     /// removed from all epoll interest lists?"). The reactor drops a tunnel
     /// only at the end of a tick, so no event of this batch refers to it.
     pub fn close(&mut self) {
+        self.refuse_client();
         match self.state {
             State::Closing(Reason::ClientReset) => {
                 if let Some(u) = &self.upstream {
@@ -498,6 +510,7 @@ impl Tunnel {
         loop {
             let before = std::mem::discriminant(&self.state);
             let progress = match self.state {
+                State::Accepting { .. } if self.named.is_some() => self.read_client_request(ctx),
                 State::Accepting { .. } => Progress::Idle,
                 State::Dialing { .. } => self.check_connected(ctx),
                 State::SentConnect(_) => self.write_request(),

@@ -13,7 +13,9 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use crate::auth::Learnt;
-use crate::config::{Entry, HostPort, Proxy};
+use crate::client::Protocol;
+use crate::config::{Dest, Entry, HostPort, Proxy, RouteSpec};
+use crate::tls::{self, Trust};
 
 /// One proxy of a path.
 #[derive(Debug)]
@@ -93,6 +95,31 @@ pub fn ip_of(hp: &HostPort) -> Option<SocketAddr> {
         .map(|ip| SocketAddr::new(ip, hp.port))
 }
 
+/// The trust an entry's `https://` hops are checked with.
+pub fn trust_of(entry: &Entry) -> Trust {
+    match (&entry.options.proxy_ca, entry.options.proxy_verify) {
+        (_, false) => Trust::Off,
+        (Some(path), true) => Trust::File(path.clone()),
+        (None, true) => Trust::System,
+    }
+}
+
+/// The trusts a configuration's entries need (those with `https://` hops).
+pub fn trusts(entries: &[Entry]) -> Vec<Trust> {
+    entries
+        .iter()
+        .filter(|e| {
+            let env_tls = e
+                .env
+                .as_ref()
+                .and_then(|v| v.proxy.as_ref())
+                .is_some_and(|p| p.tls);
+            env_tls || e.routes.iter().flat_map(|r| &r.hops).any(|h| h.tls)
+        })
+        .map(trust_of)
+        .collect()
+}
+
 /// The paths of one entry and where they lead.
 #[derive(Debug)]
 pub struct Route {
@@ -100,36 +127,88 @@ pub struct Route {
     pub entry: Entry,
     /// The entry's routes in order; at least one.
     pub paths: Vec<Path>,
+    /// For a `socks`/`http` entry: what its clients speak.
+    pub client: Option<Protocol>,
+    /// The fixed destination (a placeholder for client-named entries,
+    /// whose tunnels carry the client's).
+    pub dest: HostPort,
     /// The destination's address when it is an IP literal.
     dest_ip: Option<SocketAddr>,
+    /// For an `env` entry of client-named destinations: the direct path
+    /// that destinations matching NO_PROXY take (new tunnels try it for
+    /// those only).
+    no_proxy_path: Option<usize>,
 }
 
 impl Route {
-    /// The route of `entry`.
+    /// The route of `entry`, without TLS settings (tests, and entries
+    /// without `https://` hops).
     pub fn new(entry: Entry) -> Route {
-        let hops: Vec<Hop> = entry
-            .proxy
-            .iter()
-            .map(|p| Hop {
-                proxy: p.clone(),
-                learnt: RefCell::default(),
-                tls: None,
-            })
-            .collect();
-        let paths = vec![Path::new(hops)];
-        let dest_ip = ip_of(&entry.dest);
+        Route::with_tls(entry, &tls::Store::default())
+    }
+
+    /// The route of `entry`; `https://` hops take their settings from
+    /// `store` (built where files may be read).
+    pub fn with_tls(entry: Entry, store: &tls::Store) -> Route {
+        let config = store.get(&trust_of(&entry));
+        let path = |spec: &RouteSpec| {
+            Path::new(
+                spec.hops
+                    .iter()
+                    .map(|p: &Proxy| Hop {
+                        proxy: p.clone(),
+                        learnt: RefCell::default(),
+                        tls: if p.tls { config.clone() } else { None },
+                    })
+                    .collect(),
+            )
+        };
+        let mut paths: Vec<Path> = entry.routes.iter().map(path).collect();
+        if paths.is_empty() {
+            paths.push(Path::new(Vec::new()));
+        }
+        let client = match entry.dest {
+            Dest::Fixed(_) => None,
+            Dest::Socks => Some(Protocol::Socks),
+            Dest::Http => Some(Protocol::Http),
+        };
+        // A client-named entry's tunnels carry the client's destination;
+        // this one only stands in where no tunnel uses it.
+        let dest = entry.dest.fixed().cloned().unwrap_or_else(|| HostPort {
+            host: "client-named.invalid".to_string(),
+            port: 1,
+        });
+        let dest_ip = ip_of(&dest);
+        let mut no_proxy_path = None;
+        if client.is_some() && entry.env.is_some() && paths.iter().all(|p| !p.hops.is_empty()) {
+            paths.push(Path::new(Vec::new()));
+            no_proxy_path = Some(paths.len() - 1);
+        }
         Route {
             entry,
             paths,
+            client,
+            dest,
             dest_ip,
+            no_proxy_path,
         }
+    }
+
+    /// The direct path a client-named destination takes because the
+    /// NO_PROXY of an `env` entry matches it, if so.
+    pub fn bypass(&self, host: &str) -> Option<usize> {
+        let env = self.entry.env.as_ref()?;
+        if self.client.is_none() || !env.no_proxy.matches(host) {
+            return None;
+        }
+        self.paths.iter().position(|p| p.hops.is_empty())
     }
 
     /// The route of `entry`, an entry with the same settings as `old`'s
     /// (only its line moved): what `old`'s tunnels learnt, and the routes'
     /// back-off, are kept.
-    pub fn keeping_learnt(entry: Entry, old: &Route) -> Route {
-        let route = Route::new(entry);
+    pub fn keeping_learnt(entry: Entry, old: &Route, store: &tls::Store) -> Route {
+        let route = Route::with_tls(entry, store);
         for (new, old) in route.paths.iter().zip(&old.paths) {
             new.backoff_until.set(old.backoff_until.get());
             for (new, old) in new.hops.iter().zip(&old.hops) {
@@ -151,7 +230,7 @@ impl Route {
     pub fn first_hop_ip(&self, path: usize, dest: &HostPort) -> Option<SocketAddr> {
         let p = &self.paths[path];
         if p.hops.is_empty() {
-            if std::ptr::eq(dest, &self.entry.dest) {
+            if std::ptr::eq(dest, &self.dest) {
                 return self.dest_ip;
             }
             return ip_of(dest);
@@ -186,10 +265,13 @@ impl Route {
             .iter()
             .enumerate()
             .take(64)
-            .filter(|(_, p)| !p.in_backoff(now))
+            .filter(|(i, p)| !p.in_backoff(now) && Some(*i) != self.no_proxy_path)
             .fold(0u64, |set, (i, _)| set | 1 << i);
         if fresh == 0 {
-            all
+            match self.no_proxy_path {
+                Some(i) => all & !(1 << i),
+                None => all,
+            }
         } else {
             fresh
         }
@@ -197,7 +279,7 @@ impl Route {
 
     /// `dest`, `dest via proxy`, `dest via a>b, direct`, as in log lines.
     pub fn describe(&self) -> String {
-        let mut out = self.entry.dest.authority();
+        let mut out = self.entry.dest.to_string();
         let labels: Vec<String> = self.paths.iter().map(Path::label).collect();
         if labels != ["direct"] {
             out.push_str(" via ");

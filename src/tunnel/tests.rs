@@ -33,7 +33,7 @@ mod basics {
 /// sockets and a real `Poll` (no reactor): the state machine on its own.
 mod state_tests {
     use super::super::*;
-    use crate::config::{AuthScheme, Entry, HostPort, Options, Proxy};
+    use crate::config::{AuthScheme, Dest, Entry, HostPort, Options, Proxy, RouteSpec};
     use mio::Interest;
     use mio::{Events, Poll};
     use std::io::{Read, Write};
@@ -60,14 +60,22 @@ mod state_tests {
         Entry {
             line: 1,
             listen: "127.0.0.1:1".parse().unwrap(),
-            dest: hop(dest),
-            proxy: proxy.map(|p| Proxy {
-                addr: hop(p),
-                credentials: None,
-                auth_file: None,
-                auth_scheme: AuthScheme::Auto,
-                headers: Vec::new(),
-            }),
+            dest: Dest::Fixed(hop(dest)),
+            routes: vec![RouteSpec {
+                hops: proxy
+                    .map(|p| Proxy {
+                        addr: hop(p),
+                        tls: false,
+                        credentials: None,
+                        auth_file: None,
+                        auth_scheme: AuthScheme::Auto,
+                        headers: Vec::new(),
+                    })
+                    .into_iter()
+                    .collect(),
+            }],
+            env: None,
+            allow: Vec::new(),
             options,
         }
     }
@@ -175,7 +183,11 @@ mod state_tests {
     #[test]
     fn accepting_past_the_connect_timeout_fails_naming_the_lookup() {
         let mut e = entry(refused_port(), None, Options::default());
-        e.dest.host = "name.invalid".into();
+        let port = e.dest.fixed().expect("a fixed entry").port;
+        e.dest = Dest::Fixed(HostPort {
+            host: "name.invalid".into(),
+            port,
+        });
         let mut f = fixture(e);
         assert!(f.tunnel.lookup().is_some());
         let late = Instant::now() + PAST_CONNECT_TIMEOUT;
