@@ -338,3 +338,158 @@ fn check_warns_about_an_auth_file_readable_by_others() {
     remove_temp(&path);
     remove_temp(&secret);
 }
+
+/// Every form of the routes, client-named, env and metrics grammar through
+/// the real binary's `--check`, `env` read from the child's environment.
+#[test]
+fn check_prints_routes_client_named_entries_env_and_metrics() {
+    let dir_file = write_temp(
+        "ca.pem",
+        "-----BEGIN CERTIFICATE-----\nMIIB\n-----END CERTIFICATE-----\n",
+    );
+    let dir = dir_file.parent().expect("temp dir").to_path_buf();
+    let ca = dir.join("ca.pem");
+    let p: Vec<u16> = (0..8).map(|_| free_port()).collect();
+    let config = format!(
+        "{} h.example 22 http://p1.corp:3128,https://u:S3cretPw@gw.corp:443>http://10.1.2.3:8080,direct proxy-backoff=5s proxy-ca=ca.pem proxy-verify=off\n\
+         {} socks\n\
+         {} http http://proxy.corp:3128 auth=alice:S3cretPw allow=.Example.org,10.0.0.0/8:22,[fd00::/8]:22-80\n\
+         {} socks 22\n\
+         {} db.corp 5432 env\n\
+         {} h.example 22 env auth-scheme=ntlm\n\
+         {} socks env\n\
+         metrics {}\n",
+        p[0], p[1], p[2], p[3], p[4], p[5], p[6], p[7]
+    );
+    let path = dir.join("wave2.conf");
+    fs::write(&path, &config).expect("write config");
+    let vars = [
+        ("HTTPS_PROXY", "http://bob:Pa%40ss@envproxy.corp:3128"),
+        ("no_proxy", "localhost,.corp"),
+    ];
+    let out = run_binary_env(
+        &["--check".as_ref(), path.as_os_str()],
+        Some(&vars),
+        EXIT_TIMEOUT,
+    );
+    assert_eq!(out.status.code(), Some(0), "{}", describe(&out));
+    let stdout = text(&out.stdout);
+    let lines: Vec<&str> = stdout.lines().collect();
+    let opts = "connect-timeout=10s idle-timeout=0 keepalive=60s max-conns=unlimited buffer=256k";
+    let expected = [
+        format!(
+            "127.0.0.1:{} h.example 22 http://p1.corp:3128,https://u:***@gw.corp:443>http://10.1.2.3:8080,direct auth-scheme=auto {opts} proxy-backoff=5s proxy-ca={} proxy-verify=off",
+            p[0],
+            ca.display()
+        ),
+        format!("127.0.0.1:{} socks {opts} allow=*", p[1]),
+        format!(
+            "127.0.0.1:{} http http://alice:***@proxy.corp:3128 auth-scheme=auto {opts} proxy-backoff=30s proxy-verify=on allow=.example.org,10.0.0.0/8:22,[fd00::/8]:22-80",
+            p[2]
+        ),
+        format!("127.0.0.1:{} socks 22 {opts}", p[3]),
+        format!(
+            "127.0.0.1:{} db.corp 5432 env {opts} proxy-backoff=30s proxy-verify=on # env: direct (no_proxy=localhost,.corp matches db.corp:5432; HTTPS_PROXY=http://bob:***@envproxy.corp:3128)",
+            p[4]
+        ),
+        format!(
+            "127.0.0.1:{} h.example 22 env auth-scheme=ntlm {opts} proxy-backoff=30s proxy-verify=on # env: HTTPS_PROXY=http://bob:***@envproxy.corp:3128 no_proxy=localhost,.corp",
+            p[5]
+        ),
+        format!(
+            "127.0.0.1:{} socks env auth-scheme=auto {opts} proxy-backoff=30s proxy-verify=on allow=* # env: HTTPS_PROXY=http://bob:***@envproxy.corp:3128 no_proxy=localhost,.corp",
+            p[6]
+        ),
+        format!("metrics 127.0.0.1:{}", p[7]),
+    ];
+    assert_eq!(lines, expected, "{}", describe(&out));
+    let everything = format!("{}{}", stdout, text(&out.stderr));
+    for secret in ["S3cretPw", "Pa%40ss", "Pa@ss"] {
+        assert!(
+            !everything.contains(secret),
+            "{secret} shown:\n{everything}"
+        );
+    }
+
+    // The printed lines are a valid file again, in the same environment.
+    let again = dir.join("again.conf");
+    fs::write(&again, &stdout).expect("write config");
+    let out2 = run_binary_env(
+        &["--check".as_ref(), again.as_os_str()],
+        Some(&vars),
+        EXIT_TIMEOUT,
+    );
+    assert_eq!(out2.status.code(), Some(0), "{}", describe(&out2));
+
+    // Without the variables `env` is direct.
+    let out = run_binary_env(
+        &["--check".as_ref(), path.as_os_str()],
+        Some(&[]),
+        EXIT_TIMEOUT,
+    );
+    assert_eq!(out.status.code(), Some(0), "{}", describe(&out));
+    assert!(
+        text(&out.stdout).contains("h.example 22 env connect-timeout=10s"),
+        "{}",
+        describe(&out)
+    );
+    assert!(text(&out.stdout).contains("# env: direct (no proxy variable set)"));
+
+    // An invalid variable is an error on each env line, naming it.
+    let out = run_binary_env(
+        &["--check".as_ref(), path.as_os_str()],
+        Some(&[("https_proxy", "socks5://p:1080")]),
+        EXIT_TIMEOUT,
+    );
+    assert_eq!(out.status.code(), Some(1), "{}", describe(&out));
+    let stderr = text(&out.stderr);
+    for line in [5, 6, 7] {
+        assert!(
+            stderr.contains(&format!(
+                "{}:{line}: https_proxy: unsupported proxy scheme \"socks5\"",
+                path.display()
+            )),
+            "{}",
+            describe(&out)
+        );
+    }
+    remove_temp(&path);
+}
+
+#[test]
+fn check_reports_the_route_list_errors() {
+    let p: Vec<u16> = (0..7).map(|_| free_port()).collect();
+    let config = format!(
+        "{} h 22 http://a:1,,http://b:2\n\
+         {} h 22 http://a:1>\n\
+         {} h 22 http://a:1, http://b:2\n\
+         {} h 22 socks5://p:1080\n\
+         {} h 22 direct>http://x:1\n\
+         {} h 22 allow=.corp\n\
+         {} socks auth=u:p\n\
+         metrics {}\n",
+        p[0], p[1], p[2], p[3], p[4], p[5], p[6], p[0]
+    );
+    let path = write_temp("routes.conf", &config);
+    let out = check(&path);
+    assert_eq!(out.status.code(), Some(1), "{}", describe(&out));
+    let file = path.display().to_string();
+    let stderr = text(&out.stderr);
+    for (line, message) in [
+        (1, "invalid PROXY: route 2 is empty (two ',' in a row)"),
+        (2, "invalid PROXY: '>' at the end of route 1"),
+        (3, "white space inside PROXY"),
+        (4, "unsupported proxy scheme \"socks5\" in PROXY_URL"),
+        (5, "invalid PROXY: direct inside a chain in route 1"),
+        (6, "option \"allow\" needs a socks or http entry"),
+        (7, "option \"auth\" needs a proxy"),
+        (8, "duplicate listen address"),
+    ] {
+        assert!(
+            stderr.contains(&format!("{file}:{line}: {message}")),
+            "line {line}: {message}\n{}",
+            describe(&out)
+        );
+    }
+    remove_temp(&path);
+}

@@ -1245,7 +1245,37 @@ impl Drop for Running {
 /// Runs the binary with `args` to completion (killing it after `timeout`)
 /// and returns its output.
 pub fn run_binary<S: AsRef<std::ffi::OsStr>>(args: &[S], timeout: Duration) -> Output {
-    let mut child = Command::new(BIN)
+    run_binary_env(args, None, timeout)
+}
+
+/// The proxy variables `env` reads (SPEC "Proxy from the environment").
+pub const PROXY_VARIABLES: [&str; 8] = [
+    "https_proxy",
+    "HTTPS_PROXY",
+    "http_proxy",
+    "HTTP_PROXY",
+    "all_proxy",
+    "ALL_PROXY",
+    "no_proxy",
+    "NO_PROXY",
+];
+
+/// [`run_binary`]; with `vars`, the child's proxy variables are exactly
+/// those of `vars` (every other one is removed), whatever the test's own
+/// environment holds.
+pub fn run_binary_env<S: AsRef<std::ffi::OsStr>>(
+    args: &[S],
+    vars: Option<&[(&str, &str)]>,
+    timeout: Duration,
+) -> Output {
+    let mut command = Command::new(BIN);
+    if let Some(vars) = vars {
+        for name in PROXY_VARIABLES {
+            command.env_remove(name);
+        }
+        command.envs(vars.iter().copied());
+    }
+    let mut child = command
         .args(args)
         .env_remove("RUST_LOG")
         .stdin(Stdio::null())
