@@ -10,6 +10,7 @@
 #![allow(dead_code)]
 
 pub mod proxies;
+pub mod tls_front;
 
 use sha2::{Digest, Sha256};
 use std::fs;
@@ -1040,6 +1041,19 @@ pub fn spawn_binary_with(config: &str, args: &[&str]) -> Running {
     running
 }
 
+/// Like [`spawn_binary_with`], with `files` (name, contents) written into
+/// the config's folder first (e.g. a `proxy-ca` file named relative to it).
+pub fn spawn_binary_with_files(config: &str, args: &[&str], files: &[(&str, &str)]) -> Running {
+    let dir = unique_dir("run");
+    for (name, text) in files {
+        fs::write(dir.join(name), text).unwrap_or_else(|e| panic!("write {name}: {e}"));
+    }
+    let mut running = start_binary_in(&dir, config, args);
+    running.owns_dir = true;
+    running.wait_listening(&listen_addrs_of(config), START_TIMEOUT);
+    running
+}
+
 /// Starts the binary without waiting for anything, in a fresh directory
 /// removed when the [`Running`] is dropped (unless the test is failing).
 pub fn start_binary(config: &str, args: &[&str]) -> Running {
@@ -1053,10 +1067,38 @@ pub fn start_binary(config: &str, args: &[&str]) -> Running {
 /// stderr going to `DIR/stdout` and `DIR/stderr`. Waits for nothing and
 /// leaves `dir` in place when dropped.
 pub fn start_binary_in(dir: &Path, config: &str, args: &[&str]) -> Running {
+    start_binary_in_env(dir, config, args, None)
+}
+
+/// Like [`spawn_binary_with`]; with `vars`, the child's proxy variables
+/// ([`PROXY_VARIABLES`]) are exactly those of `vars`, whatever the test's
+/// own environment holds (for `env` entries).
+pub fn spawn_binary_env(config: &str, args: &[&str], vars: &[(&str, &str)]) -> Running {
+    let mut running = start_binary_in_env(&unique_dir("run"), config, args, Some(vars));
+    running.owns_dir = true;
+    running.wait_listening(&listen_addrs_of(config), START_TIMEOUT);
+    running
+}
+
+/// [`start_binary_in`]; with `vars`, the child's proxy variables are
+/// exactly those of `vars` (see [`spawn_binary_env`]).
+pub fn start_binary_in_env(
+    dir: &Path,
+    config: &str,
+    args: &[&str],
+    vars: Option<&[(&str, &str)]>,
+) -> Running {
     let config_path = dir.join("tunnels.conf");
     let log_path = dir.join("httptunneling.log");
     fs::write(&config_path, config).expect("write config");
-    let child = Command::new(BIN)
+    let mut command = Command::new(BIN);
+    if let Some(vars) = vars {
+        for name in PROXY_VARIABLES {
+            command.env_remove(name);
+        }
+        command.envs(vars.iter().copied());
+    }
+    let child = command
         .args(args)
         .arg("--log-file")
         .arg(&log_path)

@@ -354,6 +354,14 @@ impl RealProxy {
         RealProxy::squid_with(schemes, Some((user, password)), extra)
     }
 
+    /// Like [`RealProxy::squid`] (no authentication), with `extra`
+    /// configuration lines before its `http_access` lines, e.g. `acl only
+    /// port 4000\nhttp_access deny !only\n` to let it CONNECT to one port
+    /// only.
+    pub fn squid_extra(extra: &str) -> Option<RealProxy> {
+        RealProxy::squid_with(&[], None, extra)
+    }
+
     fn squid_with(
         schemes: &[SquidScheme],
         cred: Option<(&str, &str)>,
