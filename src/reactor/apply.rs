@@ -19,6 +19,16 @@ impl Engine {
     /// what changes, this does it (SPEC "Reload").
     pub(super) fn apply_reload(&mut self, config: Config, store: tls::Store) {
         self.tls = store;
+        self.reloads.0 += 1;
+        let metrics = config.metrics.as_ref().map(|m| m.listen);
+        if metrics != self.metrics_listen() {
+            self.remove_metrics();
+            if let Some(listen) = metrics {
+                if let Err(e) = self.add_metrics(listen) {
+                    error!("cannot serve metrics on {listen}, the rest of the reload applies: {e}");
+                }
+            }
+        }
         let running: Vec<(SocketAddr, &Entry)> = self
             .by_listen
             .iter()
@@ -115,7 +125,7 @@ impl Engine {
             .slab
             .iter()
             .filter_map(|(_, s)| match s {
-                Slot::Listener(l) => Some(l),
+                Slot::Listener(l) => Some(&**l),
                 _ => None,
             })
             .collect();

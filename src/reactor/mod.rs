@@ -29,6 +29,7 @@ use slab::Slab;
 
 mod accept;
 mod apply;
+mod scrape;
 
 use crate::config::{self, Config};
 use crate::logsink;
@@ -148,9 +149,13 @@ impl Handle {
 /// Deadlines as (instant, slab key, owner id); stale ones are skipped.
 type Timers = BinaryHeap<Reverse<(Instant, usize, u64)>>;
 
+/// A slab entry. Every variant is boxed, so an entry costs 16 bytes
+/// whatever it holds: the slab has one per tunnel.
 enum Slot {
-    Listener(Listener),
+    Listener(Box<Listener>),
     Tunnel(Box<Tunnel>),
+    Metrics(Box<scrape::MetricsListener>),
+    Scrape(Box<scrape::Scrape>),
 }
 
 /// The forwarding engine. See the module docs.
@@ -177,6 +182,12 @@ pub struct Engine {
     signalled: bool,
     /// The TLS settings of the configuration in force.
     tls: tls::Store,
+    /// The metrics listener's slab key.
+    metrics: Option<usize>,
+    /// Scrapes being served.
+    scrapes: usize,
+    /// Reloads applied and refused.
+    reloads: (u64, u64),
     /// An upstream socket made for a client that was not there (accept
     /// said WouldBlock): the next accept of a route of its family uses it.
     spare: Option<net::Reserved>,
@@ -226,7 +237,20 @@ impl Engine {
             signalled: false,
             spare: None,
             tls: tls::Store::build(tunnel::trusts(&config.entries)).map_err(StartError::Setup)?,
+            metrics: None,
+            scrapes: 0,
+            reloads: (0, 0),
         };
+        if let Some(m) = &config.metrics {
+            let (listen, line) = (m.listen, m.line);
+            engine
+                .add_metrics(listen)
+                .map_err(|source| StartError::Bind {
+                    listen,
+                    line,
+                    source,
+                })?;
+        }
         for entry in config.entries {
             let (listen, line) = (entry.listen, entry.line);
             engine
@@ -357,6 +381,8 @@ impl Engine {
                         l.ready = true;
                         l.queue(key, &mut self.accept_queue);
                     }
+                    Some(Slot::Metrics(_)) => self.metrics_ready(key),
+                    Some(Slot::Scrape(_)) => self.drive_scrape(key),
                     _ => {} // stale: the owner is gone
                 }
             }
@@ -429,9 +455,11 @@ impl Engine {
                 }
                 Msg::Reloaded(config, store) => self.apply_reload(config, store),
                 Msg::TlsFailed(e) => {
+                    self.reloads.1 += 1;
                     warn!("reload failed, keeping the running configuration: {e}")
                 }
                 Msg::Reload(Err(errors)) => {
+                    self.reloads.1 += 1;
                     warn!("reload failed, keeping the running configuration");
                     for e in errors {
                         warn!("{e}");
@@ -507,6 +535,7 @@ impl Engine {
                     l.paused_until = None;
                     l.queue(key, &mut self.accept_queue);
                 }
+                Some(Slot::Scrape(_)) => self.scrape_expired(key, id, now),
                 _ => {} // stale timer: its owner is gone
             }
         }
@@ -529,6 +558,15 @@ impl Engine {
             let (lkey, lid) = t.listener;
             if let Some(Slot::Listener(l)) = self.slab.get_mut(lkey) {
                 if l.id == lid {
+                    match t.result() {
+                        Ok(handshake) => {
+                            l.counters.ok += 1;
+                            l.counters.handshake.observe(handshake);
+                        }
+                        Err(kind) => l.counters.failed(kind),
+                    }
+                    l.counters.up += up;
+                    l.counters.down += down;
                     l.open = l.open.saturating_sub(1);
                     // A slot is free: accept what waits (max-conns), and
                     // retry early after a descriptor shortage.
@@ -555,6 +593,7 @@ impl Engine {
                     t.close();
                     t.log_end(now);
                 }
+                Slot::Metrics(_) | Slot::Scrape(_) => {}
             }
         }
         self.by_listen.clear();

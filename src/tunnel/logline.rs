@@ -67,3 +67,18 @@ impl fmt::Display for Prefix<'_> {
         Ok(())
     }
 }
+
+impl Tunnel {
+    /// How the tunnel ended, for the metrics: the time from accept to
+    /// Forwarding when it got there, else why it did not.
+    pub fn result(&self) -> Result<std::time::Duration, Failure> {
+        if let Some(since) = self.forwarding_since {
+            return Ok(since.saturating_duration_since(self.accepted));
+        }
+        Err(match &self.state {
+            State::Closing(Reason::Failed(f)) => f.kind,
+            State::Closing(Reason::Shutdown) => Failure::Other,
+            _ => Failure::Client,
+        })
+    }
+}
