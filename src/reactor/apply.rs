@@ -130,15 +130,39 @@ impl Engine {
             })
             .collect();
         listeners.sort_by_key(|l| l.route.entry.line);
+        let now = Instant::now();
         for l in listeners {
             info!(
-                "snapshot: entry {} -> {}: {} open",
+                "snapshot: entry {} -> {}: {} open, {} ok, {} failed",
                 l.route.entry.listen,
                 l.route.describe(),
-                l.open
+                l.open,
+                l.counters.ok,
+                l.counters.failed
             );
+            for path in &l.route.paths {
+                let learnt: Vec<String> = path
+                    .hops
+                    .iter()
+                    .map(|h| {
+                        h.learnt
+                            .borrow()
+                            .scheme()
+                            .map_or("-".to_string(), |s| s.name().to_string())
+                    })
+                    .collect();
+                info!(
+                    "snapshot:   route {}: {}{}",
+                    path.label(),
+                    if path.in_backoff(now) { "in back-off" } else { "up" },
+                    if learnt.is_empty() {
+                        String::new()
+                    } else {
+                        format!(", learnt {}", learnt.join(">"))
+                    }
+                );
+            }
         }
-        let now = Instant::now();
         for t in open {
             let (u, d) = t.bytes();
             info!(
