@@ -489,3 +489,125 @@ fn the_kerberos_programs_are_installed() {
         );
     }
 }
+
+// ---------------------------------------------------------------------------
+// Through the forwarder
+// ---------------------------------------------------------------------------
+
+/// The proxy host as the service principal names it (`HTTP/localhost`).
+fn squid_url(squid: &RealProxy) -> String {
+    format!("http://{}:{}", kdc::SERVICE_HOST, squid.addr.port())
+}
+
+/// `auth-scheme=negotiate` with a ticket: 20 tunnels at once through squid
+/// checking Kerberos, byte-exact, each with a fresh token from a worker
+/// thread; the open lines say `auth Negotiate`; squid logs the user.
+#[test]
+fn negotiate_through_the_forwarder_twenty_at_once() {
+    let Some(kdc) = Kdc::start() else { return };
+    let Some(squid) =
+        RealProxy::squid_negotiate(&kdc.acceptor(), &[SquidScheme::Negotiate], None, "")
+    else {
+        return;
+    };
+    let backend = echo_backend();
+    let port = free_port();
+    let config = format!(
+        "127.0.0.1:{port} {} {} {} auth-scheme=negotiate\n",
+        backend.addr.ip(),
+        backend.addr.port(),
+        squid_url(&squid)
+    );
+    let run = spawn_binary_env(&config, &["-v"], &kdc.client_env(&kdc.ccache));
+    let workers: Vec<_> = (0..20u64)
+        .map(|seed| {
+            std::thread::spawn(move || echo_through(&connect_port(port), 100 + seed, 128 * 1024))
+        })
+        .collect();
+    let failures = workers.into_iter().filter_map(|w| w.join().err()).count();
+    let mut run = run;
+    let status = run.try_exit();
+    assert_eq!(
+        failures,
+        0,
+        "tunnels through Negotiate failed (exit: {status:?})\n{}",
+        run.diagnostics()
+    );
+    let opens = run.wait_log_count("auth Negotiate", 20, IO_TIMEOUT);
+    assert_eq!(opens.len(), 20, "{}", run.diagnostics());
+    assert!(!run.log().contains("failed:"), "{}", run.diagnostics());
+    let user = format!("{}@{}", kdc::USER, kdc::REALM);
+    assert!(
+        wait_until(Duration::from_secs(10), || squid
+            .access_log()
+            .contains(&user)),
+        "squid names {user}:\n{}",
+        squid.access_log()
+    );
+}
+
+/// `auto` learns Negotiate from squid's 407 (no credentials in the config:
+/// the ticket is all), and without a ticket it is passed over with one line
+/// and the next scheme squid offers (Basic) is used.
+#[test]
+fn auto_learns_negotiate_and_passes_it_over_without_a_ticket() {
+    let Some(kdc) = Kdc::start() else { return };
+    let Some(squid) = RealProxy::squid_negotiate(
+        &kdc.acceptor(),
+        &[SquidScheme::Negotiate, SquidScheme::Basic],
+        Some(("alice", "S3cret")),
+        "",
+    ) else {
+        return;
+    };
+    let backend = echo_backend();
+    // With a ticket and no password: Negotiate, learnt for the next tunnel.
+    let port = free_port();
+    let config = format!(
+        "127.0.0.1:{port} {} {} {}\n",
+        backend.addr.ip(),
+        backend.addr.port(),
+        squid_url(&squid)
+    );
+    let run = spawn_binary_env(&config, &["-v"], &kdc.client_env(&kdc.ccache));
+    echo_through(&connect_port(port), 1, 4096);
+    echo_through(&connect_port(port), 2, 4096);
+    let opens = run.wait_log_count("auth Negotiate", 2, IO_TIMEOUT);
+    assert_eq!(opens.len(), 2, "{}", run.diagnostics());
+    drop(run);
+    // No ticket, a password: one "passed over" line, then Basic works.
+    let port = free_port();
+    let config = format!(
+        "127.0.0.1:{port} {} {} {} auth=alice:S3cret\n",
+        backend.addr.ip(),
+        backend.addr.port(),
+        squid_url(&squid)
+    );
+    let missing = kdc.ccache_path("no-such-ticket");
+    let run = spawn_binary_env(&config, &["-v"], &kdc.client_env(&missing));
+    // The first tunnel sends Basic pre-emptively: squid takes it at once.
+    echo_through(&connect_port(port), 3, 4096);
+    run.wait_log("auth Basic", IO_TIMEOUT);
+    drop(run);
+    // A named negotiate without a ticket: one clear failure line.
+    let port = free_port();
+    let config = format!(
+        "127.0.0.1:{port} {} {} {} auth-scheme=negotiate\n",
+        backend.addr.ip(),
+        backend.addr.port(),
+        squid_url(&squid)
+    );
+    let run = spawn_binary_env(&config, &["-v"], &kdc.client_env(&missing));
+    let mut s = connect_port(port);
+    let mut b = [0u8; 1];
+    assert!(matches!(
+        std::io::Read::read(&mut s, &mut b),
+        Ok(0) | Err(_)
+    ));
+    let line = run.wait_log("no Negotiate token", IO_TIMEOUT);
+    assert!(
+        line.contains("No Kerberos credentials") || line.contains("credentials"),
+        "{line}"
+    );
+    assert!(!run.log().contains("S3cret"));
+}

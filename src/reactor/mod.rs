@@ -67,6 +67,8 @@ pub enum Msg {
     TlsFailed(String),
     /// A valid configuration with the TLS settings it needs.
     Reloaded(Config, tls::Store),
+    /// A Negotiate token (or why there is none) for a tunnel.
+    Token(Lookup, Result<Vec<u8>, String>),
     /// Stop: close listeners and tunnels, return from [`Engine::run`].
     Shutdown(&'static str),
 }
@@ -420,6 +422,13 @@ impl Engine {
             t.queued = true;
             self.drive_queue.push(key);
         }
+        if let Some((n, host)) = t.token_request() {
+            let lookup = Lookup { key, id: t.id, n };
+            self.ask_token(lookup, host);
+        }
+        let Some(Slot::Tunnel(t)) = self.slab.get_mut(key) else {
+            return;
+        };
         if let Some((n, hop)) = t.lookup() {
             self.resolver.submit(Job {
                 tag: Lookup { key, id: t.id, n },
@@ -428,6 +437,50 @@ impl Engine {
             });
         }
         Self::arm(&mut self.timers, key, t);
+    }
+
+    /// Asks a worker thread for a Negotiate token for `HTTP@host`: GSSAPI
+    /// may talk to the KDC (seconds), so never on this thread. The answer
+    /// comes back as [`Msg::Token`]; `connect-timeout` still bounds the
+    /// handshake.
+    fn ask_token(&mut self, lookup: Lookup, host: String) {
+        let tx = self.tx.clone();
+        let waker = Arc::clone(&self.waker);
+        let spawned = std::thread::Builder::new()
+            .name("negotiate".into())
+            .spawn(move || {
+                let token = crate::auth::gssapi::load().and_then(|g| g.initial_token(&host));
+                if tx.send(Msg::Token(lookup, token)).is_ok() {
+                    let _ = waker.wake();
+                }
+            });
+        if let Err(e) = spawned {
+            let _ = self.tx.send(Msg::Token(
+                lookup,
+                Err(format!("no thread for GSSAPI: {e}")),
+            ));
+        }
+    }
+
+    /// A Negotiate token arrived for a tunnel: its request is built and sent.
+    fn token(&mut self, lookup: Lookup, token: Result<Vec<u8>, String>, now: Instant) {
+        let Lookup { key, id, n } = lookup;
+        let Some(Slot::Tunnel(t)) = self.slab.get_mut(key) else {
+            return;
+        };
+        if t.id != id {
+            return;
+        }
+        let mut ctx = Ctx {
+            registry: self.poll.registry(),
+            key,
+            now,
+        };
+        let mut progress = t.token_arrived(n, token);
+        if progress != Progress::Finished {
+            progress = t.drive(&mut ctx);
+        }
+        self.after_drive(key, progress);
     }
 
     /// Pushes a timer for `t`'s deadline unless one at or before it is armed.
@@ -454,6 +507,7 @@ impl Engine {
                     }
                 }
                 Msg::Reloaded(config, store) => self.apply_reload(config, store),
+                Msg::Token(lookup, token) => self.token(lookup, token, now),
                 Msg::TlsFailed(e) => {
                     self.reloads.1 += 1;
                     warn!("reload failed, keeping the running configuration: {e}")

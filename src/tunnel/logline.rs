@@ -58,7 +58,11 @@ impl fmt::Display for Prefix<'_> {
             t.id,
             t.route.entry.listen,
             t.client_addr,
-            t.dest().authority()
+            match (&t.dest, t.route.client) {
+                // A client-named entry before its client named anything.
+                (None, Some(_)) => "?".to_string(),
+                _ => t.dest().authority(),
+            }
         )?;
         let path = &t.route.paths[t.path as usize];
         // A direct route is named only where the entry has others.
