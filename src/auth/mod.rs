@@ -26,6 +26,7 @@
 
 pub mod challenge;
 pub mod digest;
+pub mod gssapi;
 pub mod ntlm;
 
 use std::sync::OnceLock;

@@ -61,7 +61,8 @@ impl fmt::Display for Prefix<'_> {
             t.dest().authority()
         )?;
         let path = &t.route.paths[t.path as usize];
-        if !path.hops.is_empty() {
+        // A direct route is named only where the entry has others.
+        if !path.hops.is_empty() || t.route.paths.len() > 1 {
             write!(f, " via {}", path.label())?;
         }
         Ok(())

@@ -9,6 +9,7 @@
 // Each test binary uses a different subset of these helpers.
 #![allow(dead_code)]
 
+pub mod kdc;
 pub mod proxies;
 
 use sha2::{Digest, Sha256};
@@ -1053,6 +1054,25 @@ pub fn start_binary(config: &str, args: &[&str]) -> Running {
 /// stderr going to `DIR/stdout` and `DIR/stderr`. Waits for nothing and
 /// leaves `dir` in place when dropped.
 pub fn start_binary_in(dir: &Path, config: &str, args: &[&str]) -> Running {
+    start_binary_in_env(dir, config, args, &[])
+}
+
+/// Like [`spawn_binary_with`], with `env` added to the binary's environment
+/// (e.g. `KRB5CCNAME` and `KRB5_CONFIG` from `kdc::Kdc::client_env`).
+pub fn spawn_binary_env(config: &str, args: &[&str], env: &[(String, String)]) -> Running {
+    let mut running = start_binary_in_env(&unique_dir("run"), config, args, env);
+    running.owns_dir = true;
+    running.wait_listening(&listen_addrs_of(config), START_TIMEOUT);
+    running
+}
+
+/// Like [`start_binary_in`], with `env` added to the binary's environment.
+pub fn start_binary_in_env(
+    dir: &Path,
+    config: &str,
+    args: &[&str],
+    env: &[(String, String)],
+) -> Running {
     let config_path = dir.join("tunnels.conf");
     let log_path = dir.join("httptunneling.log");
     fs::write(&config_path, config).expect("write config");
@@ -1062,6 +1082,7 @@ pub fn start_binary_in(dir: &Path, config: &str, args: &[&str]) -> Running {
         .arg(&log_path)
         .arg(&config_path)
         .env_remove("RUST_LOG")
+        .envs(env.iter().map(|(k, v)| (k, v)))
         .stdin(Stdio::null())
         .stdout(fs::File::create(dir.join("stdout")).expect("create stdout file"))
         .stderr(fs::File::create(dir.join("stderr")).expect("create stderr file"))
