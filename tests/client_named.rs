@@ -911,14 +911,38 @@ fn socks5_reply_codes_byte_exact() {
     want.extend_from_slice(&reply5(8));
     assert_eq!(got, want, "SOCKS 5 address type 9");
 
+    // 8 also for a destination that is not a valid name (empty).
+    let got = one_shot(
+        direct,
+        &[5, 1, 0, 5, 1, 0, 3, 0, 0, 80],
+        "SOCKS 5 empty domain name",
+    );
+    let mut want = METHOD_OK.to_vec();
+    want.extend_from_slice(&reply5(8));
+    assert_eq!(got, want, "SOCKS 5 empty domain name");
+
+    // A greeting offering several methods, no-auth last: no-auth chosen.
+    let mut request = vec![5, 3, 2, 1, 0];
+    request.extend_from_slice(&socks5_request(1, &Dest::V4([127, 0, 0, 1], echo.port())));
+    let mut s = connect_port(direct);
+    s.write_all(&request).expect("send");
+    let mut want = METHOD_OK.to_vec();
+    want.extend_from_slice(&reply5(0));
+    assert_eq!(read_n(&mut s, 12, "three methods"), want);
+    drop(s);
+
+    // Not SOCKS at all (an HTTP request on a socks port): closed unanswered.
+    let got = one_shot(direct, b"GET / HTTP/1.1\r\n\r\n", "HTTP on a socks port");
+    assert_eq!(got, b"", "a socks entry does not answer what is not SOCKS");
+
     // 05 FF: a greeting that offers only username/password.
     let got = one_shot(direct, &[5, 1, 2], "SOCKS 5 greeting without no-auth");
     assert_eq!(got, vec![5, 0xFF], "no acceptable method");
 
-    // None of the refusals reached the echo backend; the success did.
-    assert_eq!(echo.accepted(), 1, "connections the echo backend accepted");
+    // None of the refusals reached the echo backend; the two successes did.
+    assert_eq!(echo.accepted(), 2, "connections the echo backend accepted");
     // A `failed: client: ...` line for each bad request.
-    run.wait_log_count(": failed: client: ", 4, START_TIMEOUT);
+    run.wait_log_count(": failed: client: ", 6, START_TIMEOUT);
     run.wait_log("SOCKS 5 address type 9 not supported", START_TIMEOUT);
 }
 
@@ -1083,6 +1107,8 @@ fn http_connect_answers_200_403_502_504_400_405() {
             "a URL",
         ),
         (&b"\x01\x02garbage\r\n\r\n"[..], "garbage"),
+        (&b"CONNECT 127.0.0.1:80 HTTP/2.0\r\n\r\n"[..], "HTTP/2.0"),
+        (&[5u8, 1, 0][..], "a SOCKS 5 greeting on an http port"),
     ] {
         http_refused(direct, request, "HTTP/1.1 400 Bad Request", what);
     }
@@ -1115,7 +1141,7 @@ fn http_connect_answers_200_403_502_504_400_405() {
     let line = run.wait_log(&format!("-> 127.0.0.1:{closed}: failed: "), START_TIMEOUT);
     assert!(line.contains("Connection refused"), "{line}");
     // A `failed: client: ...` line for each bad request.
-    run.wait_log_count(": failed: client: ", 8, START_TIMEOUT);
+    run.wait_log_count(": failed: client: ", 10, START_TIMEOUT);
 }
 
 // ---------------------------------------------------------------------------
