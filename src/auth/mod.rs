@@ -26,6 +26,7 @@
 
 pub mod challenge;
 pub mod digest;
+pub mod gssapi;
 pub mod ntlm;
 
 use std::sync::OnceLock;
@@ -46,11 +47,18 @@ pub enum Scheme {
     Digest,
     /// MS-NLMP, NTLMv2 only.
     Ntlm,
+    /// RFC 4559: SPNEGO/Kerberos through the system's GSSAPI ([`gssapi`]).
+    Negotiate,
 }
 
 impl Scheme {
     /// Every scheme, strongest first.
-    const STRONGEST_FIRST: [Scheme; 3] = [Scheme::Ntlm, Scheme::Digest, Scheme::Basic];
+    const STRONGEST_FIRST: [Scheme; 4] = [
+        Scheme::Negotiate,
+        Scheme::Ntlm,
+        Scheme::Digest,
+        Scheme::Basic,
+    ];
 
     /// The name as it appears in headers and log lines.
     pub fn name(self) -> &'static str {
@@ -58,6 +66,7 @@ impl Scheme {
             Scheme::Basic => "Basic",
             Scheme::Digest => "Digest",
             Scheme::Ntlm => "NTLM",
+            Scheme::Negotiate => "Negotiate",
         }
     }
 
@@ -73,6 +82,7 @@ impl Scheme {
                 | (AuthScheme::Basic, Scheme::Basic)
                 | (AuthScheme::Digest, Scheme::Digest)
                 | (AuthScheme::Ntlm, Scheme::Ntlm)
+                | (AuthScheme::Negotiate, Scheme::Negotiate)
         )
     }
 }
@@ -110,6 +120,10 @@ pub enum Next {
         value: String,
         same_connection: bool,
     },
+    /// Send the request again with a fresh Negotiate token, which a worker
+    /// thread asks the system's GSSAPI for (it may talk to the KDC); when
+    /// none can be had, [`Session::token_failed`] says what next.
+    Token,
     /// End the attempt; the text says why, for the log (never a secret).
     GiveUp(String),
 }
@@ -137,6 +151,9 @@ pub struct Session {
     digest: Option<DigestState>,
     /// The CONNECT target, the Digest `uri`.
     target: String,
+    /// The last 407's challenges, to choose again when no Negotiate token
+    /// can be had.
+    last: Vec<String>,
 }
 
 impl Session {
@@ -150,6 +167,52 @@ impl Session {
             stale_retried: false,
             digest: None,
             target,
+            last: Vec::new(),
+        }
+    }
+
+    /// Whether the first request waits for a Negotiate token: the scheme is
+    /// named, or the entry learnt it (a fresh token per tunnel).
+    pub fn negotiate_first(&mut self, proxy: &Proxy, learnt: &Learnt) -> bool {
+        let wanted = match proxy.auth_scheme {
+            AuthScheme::Negotiate => true,
+            AuthScheme::Auto => learnt.scheme == Some(Scheme::Negotiate),
+            _ => false,
+        };
+        if wanted {
+            self.mark(Scheme::Negotiate);
+        }
+        wanted
+    }
+
+    /// No Negotiate token could be had (no ticket, no library; `why` says
+    /// which): the scheme is passed over and the next one offered is used.
+    /// `Ok(None)`: send the request without credentials.
+    ///
+    /// # Errors
+    /// Nothing else can be tried; the text says why.
+    pub fn token_failed(
+        &mut self,
+        proxy: &Proxy,
+        learnt: &mut Learnt,
+        why: &str,
+    ) -> Result<Option<String>, String> {
+        if learnt.scheme == Some(Scheme::Negotiate) {
+            learnt.forget();
+        }
+        self.sent = None;
+        if self.last.is_empty() {
+            // The first request: what it would have carried without it.
+            if proxy.auth_scheme == AuthScheme::Negotiate {
+                return Err(format!("no Negotiate token: {why}"));
+            }
+            return Ok(self.first(proxy, learnt));
+        }
+        let values: Vec<String> = self.last.clone();
+        match self.pick(proxy, learnt, &values) {
+            Next::Answer { value, .. } => Ok(Some(value)),
+            Next::Token => Err(format!("no Negotiate token: {why}")),
+            Next::GiveUp(text) => Err(format!("{text}; Negotiate passed over: {why}")),
         }
     }
 
@@ -157,9 +220,10 @@ impl Session {
     pub fn first(&mut self, proxy: &Proxy, learnt: &mut Learnt) -> Option<String> {
         let credentials = proxy.credentials.as_ref()?;
         let scheme = match (proxy.auth_scheme, learnt.scheme) {
-            // Negotiate is spoken by issue 12; until then it sends nothing
-            // and, as a named scheme, allows no other (`allowed_by`).
-            (AuthScheme::Negotiate, _) => return None,
+            // Negotiate asks for a token instead (`negotiate_first`).
+            (AuthScheme::Negotiate, _) | (AuthScheme::Auto, Some(Scheme::Negotiate)) => {
+                return None
+            }
             (AuthScheme::Basic, _) => Scheme::Basic,
             (AuthScheme::Ntlm, _) => Scheme::Ntlm,
             (AuthScheme::Digest, _) | (AuthScheme::Auto, Some(Scheme::Digest)) => {
@@ -197,55 +261,80 @@ impl Session {
     /// After a 407 from `proxy` with answer `head`: the value to answer with,
     /// or why the attempt ends.
     pub fn challenged(&mut self, proxy: &Proxy, learnt: &mut Learnt, head: &Head) -> Next {
-        let offered = if head.proxy_authenticate.is_empty() {
-            "none named".to_string()
-        } else {
-            head.proxy_authenticate.join(", ")
-        };
-        let Some(credentials) = proxy.credentials.as_ref() else {
-            return Next::GiveUp(format!("the proxy wants credentials (offered: {offered})"));
-        };
-        let values: Vec<&str> = head.challenges.iter().map(String::as_str).collect();
-        let challenges = challenge::parse(&values);
+        self.last = head.challenges.clone();
+        let values: Vec<String> = head.challenges.clone();
+        let challenges = challenge::parse(&values.iter().map(String::as_str).collect::<Vec<_>>());
         // The NTLM handshake's second step, and a stale Digest nonce, go on
         // with the scheme just sent; anything else means it was refused.
-        match self.sent {
-            Some(Scheme::Ntlm) if self.ntlm == NtlmStep::NegotiateSent => {
-                if let Some(c) = challenges
-                    .iter()
-                    .find(|c| c.is("NTLM") && c.token68.is_some())
-                {
-                    return self.ntlm_authenticate(c, credentials);
-                }
-            }
-            Some(Scheme::Digest) if !self.stale_retried => {
-                if let Some(c) = challenges
-                    .iter()
-                    .find(|c| c.is("Digest") && digest::is_stale(c))
-                {
-                    self.stale_retried = true;
-                    if let Ok(state) = DigestState::from_challenge(c) {
-                        learnt.digest = None;
-                        return self.digest_answer(state, credentials);
+        if let Some(credentials) = proxy.credentials.as_ref() {
+            match self.sent {
+                Some(Scheme::Ntlm) if self.ntlm == NtlmStep::NegotiateSent => {
+                    if let Some(c) = challenges
+                        .iter()
+                        .find(|c| c.is("NTLM") && c.token68.is_some())
+                    {
+                        return self.ntlm_authenticate(c, credentials);
                     }
                 }
+                Some(Scheme::Digest) if !self.stale_retried => {
+                    if let Some(c) = challenges
+                        .iter()
+                        .find(|c| c.is("Digest") && digest::is_stale(c))
+                    {
+                        self.stale_retried = true;
+                        if let Ok(state) = DigestState::from_challenge(c) {
+                            learnt.digest = None;
+                            return self.digest_answer(state, credentials);
+                        }
+                    }
+                }
+                _ => {}
             }
-            _ => {}
         }
         if let Some(sent) = self.sent {
             if learnt.scheme == Some(sent) {
                 learnt.forget();
             }
         }
+        self.pick(proxy, learnt, &values)
+    }
+
+    /// The strongest scheme the challenges offer that the configuration
+    /// allows and this tunnel has not tried.
+    fn pick(&mut self, proxy: &Proxy, _learnt: &mut Learnt, values: &[String]) -> Next {
+        let challenges = challenge::parse(&values.iter().map(String::as_str).collect::<Vec<_>>());
+        let mut names: Vec<&str> = Vec::new();
+        for c in &challenges {
+            if !names.iter().any(|n| n.eq_ignore_ascii_case(&c.scheme)) {
+                names.push(&c.scheme);
+            }
+        }
+        let offered = if names.is_empty() {
+            "none named".to_string()
+        } else {
+            names.join(", ")
+        };
+        let credentials = proxy.credentials.as_ref();
         let mut bad = None;
         for scheme in Scheme::STRONGEST_FIRST {
             if self.tried & scheme.bit() != 0 || !scheme.allowed_by(proxy.auth_scheme) {
                 continue;
             }
-            let Some(c) = challenges.iter().find(|c| c.is(scheme.name())) else {
+            if !challenges.iter().any(|c| c.is(scheme.name())) {
+                continue;
+            }
+            let Some(credentials) = credentials else {
+                if scheme == Scheme::Negotiate {
+                    self.mark(Scheme::Negotiate);
+                    return Next::Token;
+                }
                 continue;
             };
             match scheme {
+                Scheme::Negotiate => {
+                    self.mark(Scheme::Negotiate);
+                    return Next::Token;
+                }
                 Scheme::Ntlm => {
                     self.ntlm = NtlmStep::NegotiateSent;
                     self.mark(Scheme::Ntlm);
@@ -264,7 +353,6 @@ impl Session {
                         Ok(state) => return self.digest_answer(state, credentials),
                         Err(e) => bad = Some(format!("unusable Digest challenge: {e}")),
                     }
-                    let _ = c;
                 }
                 Scheme::Basic => {
                     self.mark(Scheme::Basic);
@@ -281,6 +369,9 @@ impl Session {
                 sent.name()
             ),
             (None, Some(bad)) => format!("{bad} (offered: {offered})"),
+            (None, None) if credentials.is_none() => {
+                format!("the proxy wants credentials (offered: {offered})")
+            }
             (None, None) if proxy.auth_scheme != AuthScheme::Auto => format!(
                 "auth-scheme={} but the proxy does not offer it (offered: {offered})",
                 proxy.auth_scheme
@@ -468,6 +559,7 @@ mod tests {
     fn answer(next: Next) -> String {
         match next {
             Next::Answer { value, .. } => value,
+            Next::Token => panic!("expected an answer, got a token request"),
             Next::GiveUp(why) => panic!("expected an answer, got: {why}"),
         }
     }
@@ -475,6 +567,7 @@ mod tests {
     fn give_up(next: Next) -> String {
         match next {
             Next::GiveUp(why) => why,
+            Next::Token => panic!("expected to give up, got a token request"),
             Next::Answer { value, .. } => panic!("expected to give up, got an answer {value}"),
         }
     }
@@ -632,7 +725,7 @@ mod tests {
                 assert!(same_connection);
                 assert!(value.starts_with("NTLM TlRMTVNTUAAD"), "{value}");
             }
-            Next::GiveUp(why) => panic!("{why}"),
+            other => panic!("{other:?}"),
         }
         // A 407 after the authenticate message: refused, once.
         let why = give_up(s.challenged(&p, &mut learnt, &challenge(&["NTLM"])));
@@ -735,10 +828,44 @@ mod tests {
         s.first(&p, &mut learnt);
         for next in [
             s.challenged(&p, &mut learnt, &challenge(&["Basic realm=\"x\""])),
-            session().challenged(&p, &mut learnt, &challenge(&["Negotiate"])),
+            session().challenged(&p, &mut learnt, &challenge(&["Bearer realm=\"x\""])),
         ] {
             let why = give_up(next);
             assert!(!why.contains("open sesame"), "{why}");
         }
+    }
+
+    #[test]
+    fn negotiate_comes_first_and_without_a_token_the_next_scheme_is_used() {
+        let p = proxy(AuthScheme::Auto, true);
+        let mut learnt = Learnt::default();
+        let mut s = session();
+        assert!(!s.negotiate_first(&p, &learnt));
+        s.first(&p, &mut learnt);
+        let offer = challenge(&["Negotiate", "NTLM", "Basic realm=\"x\""]);
+        assert_eq!(s.challenged(&p, &mut learnt, &offer), Next::Token);
+        // No ticket: passed over, NTLM from the same 407.
+        let next = s.token_failed(&p, &mut learnt, "no credentials").unwrap();
+        assert!(next.unwrap().starts_with("NTLM TlRMTVNTUAAB"));
+        // Learnt Negotiate: later tunnels ask for a token first.
+        let mut s = session();
+        s.mark(Scheme::Negotiate);
+        s.succeeded(&mut learnt);
+        let mut s = session();
+        assert!(s.negotiate_first(&p, &learnt));
+        // Without a token, the first request falls back to Basic (auto).
+        let first = s.token_failed(&p, &mut learnt, "no ticket").unwrap();
+        assert!(first.unwrap().starts_with("Basic "));
+        assert_eq!(learnt.scheme(), None, "forgotten");
+        // auth-scheme=negotiate without a token: nothing else, one line.
+        let p = proxy(AuthScheme::Negotiate, false);
+        let mut s = session();
+        assert!(s.negotiate_first(&p, &learnt));
+        let why = s.token_failed(&p, &mut learnt, "no ticket").unwrap_err();
+        assert!(why.contains("no Negotiate token: no ticket"), "{why}");
+        // No credentials at all: Negotiate is still offered a try.
+        let p = proxy(AuthScheme::Auto, false);
+        let mut s = session();
+        assert_eq!(s.challenged(&p, &mut learnt, &offer), Next::Token);
     }
 }

@@ -33,6 +33,8 @@ pub(super) struct Listener {
     /// starts, said again at info when accepting works again).
     pub(super) short_of_fds: bool,
     pub(super) queued: bool,
+    /// The entry's counters for the metrics (kept across reloads).
+    pub(super) counters: crate::metrics::Counters,
 }
 
 impl Listener {
@@ -94,7 +96,7 @@ impl Engine {
                 warn!("{listen} (line {}): {warning}", route.entry.line);
             }
         }
-        slot.insert(Slot::Listener(Listener {
+        slot.insert(Slot::Listener(Box::new(Listener {
             id,
             socket,
             route,
@@ -104,7 +106,8 @@ impl Engine {
             paused_until: None,
             short_of_fds: false,
             queued: true,
-        }));
+            counters: Default::default(),
+        })));
         self.accept_queue.push(key);
         self.by_listen.insert(key_addr, key);
         Ok(())

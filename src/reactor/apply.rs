@@ -19,6 +19,16 @@ impl Engine {
     /// what changes, this does it (SPEC "Reload").
     pub(super) fn apply_reload(&mut self, config: Config, store: tls::Store) {
         self.tls = store;
+        self.reloads.0 += 1;
+        let metrics = config.metrics.as_ref().map(|m| m.listen);
+        if metrics != self.metrics_listen() {
+            self.remove_metrics();
+            if let Some(listen) = metrics {
+                if let Err(e) = self.add_metrics(listen) {
+                    error!("cannot serve metrics on {listen}, the rest of the reload applies: {e}");
+                }
+            }
+        }
         let running: Vec<(SocketAddr, &Entry)> = self
             .by_listen
             .iter()
@@ -115,20 +125,48 @@ impl Engine {
             .slab
             .iter()
             .filter_map(|(_, s)| match s {
-                Slot::Listener(l) => Some(l),
+                Slot::Listener(l) => Some(&**l),
                 _ => None,
             })
             .collect();
         listeners.sort_by_key(|l| l.route.entry.line);
+        let now = Instant::now();
         for l in listeners {
             info!(
-                "snapshot: entry {} -> {}: {} open",
+                "snapshot: entry {} -> {}: {} open, {} ok, {} failed",
                 l.route.entry.listen,
                 l.route.describe(),
-                l.open
+                l.open,
+                l.counters.ok,
+                l.counters.failed
             );
+            for path in &l.route.paths {
+                let learnt: Vec<String> = path
+                    .hops
+                    .iter()
+                    .map(|h| {
+                        h.learnt
+                            .borrow()
+                            .scheme()
+                            .map_or("-".to_string(), |s| s.name().to_string())
+                    })
+                    .collect();
+                info!(
+                    "snapshot:   route {}: {}{}",
+                    path.label(),
+                    if path.in_backoff(now) {
+                        "in back-off"
+                    } else {
+                        "up"
+                    },
+                    if learnt.is_empty() {
+                        String::new()
+                    } else {
+                        format!(", learnt {}", learnt.join(">"))
+                    }
+                );
+            }
         }
-        let now = Instant::now();
         for t in open {
             let (u, d) = t.bytes();
             info!(

@@ -29,6 +29,7 @@ use slab::Slab;
 
 mod accept;
 mod apply;
+mod scrape;
 
 use crate::config::{self, Config};
 use crate::logsink;
@@ -66,6 +67,8 @@ pub enum Msg {
     TlsFailed(String),
     /// A valid configuration with the TLS settings it needs.
     Reloaded(Config, tls::Store),
+    /// A Negotiate token (or why there is none) for a tunnel.
+    Token(Lookup, Result<Vec<u8>, String>),
     /// Stop: close listeners and tunnels, return from [`Engine::run`].
     Shutdown(&'static str),
 }
@@ -148,9 +151,13 @@ impl Handle {
 /// Deadlines as (instant, slab key, owner id); stale ones are skipped.
 type Timers = BinaryHeap<Reverse<(Instant, usize, u64)>>;
 
+/// A slab entry. Every variant is boxed, so an entry costs 16 bytes
+/// whatever it holds: the slab has one per tunnel.
 enum Slot {
-    Listener(Listener),
+    Listener(Box<Listener>),
     Tunnel(Box<Tunnel>),
+    Metrics(Box<scrape::MetricsListener>),
+    Scrape(Box<scrape::Scrape>),
 }
 
 /// The forwarding engine. See the module docs.
@@ -177,6 +184,12 @@ pub struct Engine {
     signalled: bool,
     /// The TLS settings of the configuration in force.
     tls: tls::Store,
+    /// The metrics listener's slab key.
+    metrics: Option<usize>,
+    /// Scrapes being served.
+    scrapes: usize,
+    /// Reloads applied and refused.
+    reloads: (u64, u64),
     /// An upstream socket made for a client that was not there (accept
     /// said WouldBlock): the next accept of a route of its family uses it.
     spare: Option<net::Reserved>,
@@ -226,7 +239,20 @@ impl Engine {
             signalled: false,
             spare: None,
             tls: tls::Store::build(tunnel::trusts(&config.entries)).map_err(StartError::Setup)?,
+            metrics: None,
+            scrapes: 0,
+            reloads: (0, 0),
         };
+        if let Some(m) = &config.metrics {
+            let (listen, line) = (m.listen, m.line);
+            engine
+                .add_metrics(listen)
+                .map_err(|source| StartError::Bind {
+                    listen,
+                    line,
+                    source,
+                })?;
+        }
         for entry in config.entries {
             let (listen, line) = (entry.listen, entry.line);
             engine
@@ -357,6 +383,8 @@ impl Engine {
                         l.ready = true;
                         l.queue(key, &mut self.accept_queue);
                     }
+                    Some(Slot::Metrics(_)) => self.metrics_ready(key),
+                    Some(Slot::Scrape(_)) => self.drive_scrape(key),
                     _ => {} // stale: the owner is gone
                 }
             }
@@ -394,6 +422,13 @@ impl Engine {
             t.queued = true;
             self.drive_queue.push(key);
         }
+        if let Some((n, host)) = t.token_request() {
+            let lookup = Lookup { key, id: t.id, n };
+            self.ask_token(lookup, host);
+        }
+        let Some(Slot::Tunnel(t)) = self.slab.get_mut(key) else {
+            return;
+        };
         if let Some((n, hop)) = t.lookup() {
             self.resolver.submit(Job {
                 tag: Lookup { key, id: t.id, n },
@@ -402,6 +437,50 @@ impl Engine {
             });
         }
         Self::arm(&mut self.timers, key, t);
+    }
+
+    /// Asks a worker thread for a Negotiate token for `HTTP@host`: GSSAPI
+    /// may talk to the KDC (seconds), so never on this thread. The answer
+    /// comes back as [`Msg::Token`]; `connect-timeout` still bounds the
+    /// handshake.
+    fn ask_token(&mut self, lookup: Lookup, host: String) {
+        let tx = self.tx.clone();
+        let waker = Arc::clone(&self.waker);
+        let spawned = std::thread::Builder::new()
+            .name("negotiate".into())
+            .spawn(move || {
+                let token = crate::auth::gssapi::load().and_then(|g| g.initial_token(&host));
+                if tx.send(Msg::Token(lookup, token)).is_ok() {
+                    let _ = waker.wake();
+                }
+            });
+        if let Err(e) = spawned {
+            let _ = self.tx.send(Msg::Token(
+                lookup,
+                Err(format!("no thread for GSSAPI: {e}")),
+            ));
+        }
+    }
+
+    /// A Negotiate token arrived for a tunnel: its request is built and sent.
+    fn token(&mut self, lookup: Lookup, token: Result<Vec<u8>, String>, now: Instant) {
+        let Lookup { key, id, n } = lookup;
+        let Some(Slot::Tunnel(t)) = self.slab.get_mut(key) else {
+            return;
+        };
+        if t.id != id {
+            return;
+        }
+        let mut ctx = Ctx {
+            registry: self.poll.registry(),
+            key,
+            now,
+        };
+        let mut progress = t.token_arrived(n, token);
+        if progress != Progress::Finished {
+            progress = t.drive(&mut ctx);
+        }
+        self.after_drive(key, progress);
     }
 
     /// Pushes a timer for `t`'s deadline unless one at or before it is armed.
@@ -428,10 +507,13 @@ impl Engine {
                     }
                 }
                 Msg::Reloaded(config, store) => self.apply_reload(config, store),
+                Msg::Token(lookup, token) => self.token(lookup, token, now),
                 Msg::TlsFailed(e) => {
+                    self.reloads.1 += 1;
                     warn!("reload failed, keeping the running configuration: {e}")
                 }
                 Msg::Reload(Err(errors)) => {
+                    self.reloads.1 += 1;
                     warn!("reload failed, keeping the running configuration");
                     for e in errors {
                         warn!("{e}");
@@ -507,6 +589,7 @@ impl Engine {
                     l.paused_until = None;
                     l.queue(key, &mut self.accept_queue);
                 }
+                Some(Slot::Scrape(_)) => self.scrape_expired(key, id, now),
                 _ => {} // stale timer: its owner is gone
             }
         }
@@ -529,6 +612,15 @@ impl Engine {
             let (lkey, lid) = t.listener;
             if let Some(Slot::Listener(l)) = self.slab.get_mut(lkey) {
                 if l.id == lid {
+                    match t.result() {
+                        Ok(handshake) => {
+                            l.counters.ok += 1;
+                            l.counters.handshake.observe(handshake);
+                        }
+                        Err(kind) => l.counters.failed(kind),
+                    }
+                    l.counters.up += up;
+                    l.counters.down += down;
                     l.open = l.open.saturating_sub(1);
                     // A slot is free: accept what waits (max-conns), and
                     // retry early after a descriptor shortage.
@@ -555,6 +647,7 @@ impl Engine {
                     t.close();
                     t.log_end(now);
                 }
+                Slot::Metrics(_) | Slot::Scrape(_) => {}
             }
         }
         self.by_listen.clear();

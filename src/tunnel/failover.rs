@@ -39,7 +39,7 @@ impl Tunnel {
             let path = &route.paths[self.path as usize];
             if route.paths.len() > 1 {
                 let backoff = route.entry.options.proxy_backoff;
-                if path.back_off(ctx.now + backoff) {
+                if path.back_off(ctx.now, ctx.now + backoff) {
                     warn!(
                         "{}: route {} failed ({why}); new tunnels pass it over for {}",
                         self.prefix(),

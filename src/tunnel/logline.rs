@@ -58,12 +58,32 @@ impl fmt::Display for Prefix<'_> {
             t.id,
             t.route.entry.listen,
             t.client_addr,
-            t.dest().authority()
+            match (&t.dest, t.route.client) {
+                // A client-named entry before its client named anything.
+                (None, Some(_)) => "?".to_string(),
+                _ => t.dest().authority(),
+            }
         )?;
         let path = &t.route.paths[t.path as usize];
-        if !path.hops.is_empty() {
+        // A direct route is named only where the entry has others.
+        if !path.hops.is_empty() || t.route.paths.len() > 1 {
             write!(f, " via {}", path.label())?;
         }
         Ok(())
+    }
+}
+
+impl Tunnel {
+    /// How the tunnel ended, for the metrics: the time from accept to
+    /// Forwarding when it got there, else why it did not.
+    pub fn result(&self) -> Result<std::time::Duration, Failure> {
+        if let Some(since) = self.forwarding_since {
+            return Ok(since.saturating_duration_since(self.accepted));
+        }
+        Err(match &self.state {
+            State::Closing(Reason::Failed(f)) => f.kind,
+            State::Closing(Reason::Shutdown) => Failure::Other,
+            _ => Failure::Client,
+        })
     }
 }

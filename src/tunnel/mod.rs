@@ -574,6 +574,14 @@ impl Tunnel {
 
     /// Enters Forwarding; `auth` has, per hop, the scheme it accepted.
     fn start_forwarding(&mut self, now: Instant, auth: &[Option<auth::Scheme>]) {
+        let path = &self.route.paths[self.path as usize];
+        if path.recovered() {
+            info!(
+                "{}: route {} carries tunnels again",
+                self.prefix(),
+                path.label()
+            );
+        }
         self.forwarding_since = Some(now);
         self.last_activity = now;
         self.set_state(State::Forwarding);

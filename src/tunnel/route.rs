@@ -58,12 +58,13 @@ impl Path {
 
     /// Starts (or extends) a back-off until `until`; whether it was not
     /// in back-off before (the caller logs the start once).
-    pub fn back_off(&self, until: Instant) -> bool {
-        self.backoff_until.replace(Some(until)).is_none()
+    pub fn back_off(&self, now: Instant, until: Instant) -> bool {
+        let before = self.backoff_until.replace(Some(until));
+        !before.is_some_and(|b| b > now)
     }
 
-    /// Ends a back-off; whether there was one (the caller logs that the
-    /// route carries tunnels again).
+    /// Ends a back-off; whether there was one, running or run out (the
+    /// caller logs that the route carries tunnels again).
     pub fn recovered(&self) -> bool {
         self.backoff_until.take().is_some()
     }

@@ -13,7 +13,8 @@ use std::io::{self, Write};
 use std::net::SocketAddr;
 use std::time::Instant;
 
-use log::debug;
+use base64::Engine as _;
+use log::{debug, info};
 use mio::Interest;
 
 use super::endpoint::Endpoint;
@@ -48,6 +49,22 @@ impl HopStage {
     }
 }
 
+/// Stands for "a fresh Negotiate token" where an answer to a 407 is kept
+/// (a header value never holds a NUL: config values are refused with
+/// control characters, and ours are base64).
+pub(crate) const TOKEN_ANSWER: &str = "\0negotiate";
+
+/// A Negotiate token the request waits for (asked of a worker thread).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Token {
+    /// The request is complete.
+    NotNeeded,
+    /// To be asked for.
+    Wanted,
+    /// Asked for, as the tunnel's `n`th worker job.
+    Asked(u32),
+}
+
 /// SentConnect's data: the request being written.
 #[derive(Debug)]
 pub struct Sending {
@@ -55,6 +72,8 @@ pub struct Sending {
     pub stage: HopStage,
     pub request: Vec<u8>,
     pub written: usize,
+    /// The request is built once this token is in.
+    pub token: Token,
 }
 
 /// ReadingHeaders' data: the answer read so far, and a 407 body being
@@ -241,6 +260,21 @@ impl Tunnel {
     fn send_connect(&mut self, mut stage: HopStage, deadline: Instant, answer: Option<String>) {
         let route = std::rc::Rc::clone(&self.route);
         let hop = &route.paths[self.path as usize].hops[stage.hop];
+        let wants_token = match answer.as_deref() {
+            Some(TOKEN_ANSWER) => true,
+            Some(_) => false,
+            None => stage.auth.negotiate_first(&hop.proxy, &hop.learnt.borrow()),
+        };
+        if wants_token {
+            self.set_state(State::SentConnect(Box::new(Sending {
+                deadline,
+                stage,
+                request: Vec::new(),
+                written: 0,
+                token: Token::Wanted,
+            })));
+            return;
+        }
         let authorization =
             answer.or_else(|| stage.auth.first(&hop.proxy, &mut hop.learnt.borrow_mut()));
         let request = connect::build_request(
@@ -253,7 +287,75 @@ impl Tunnel {
             stage,
             request,
             written: 0,
+            token: Token::NotNeeded,
         })));
+    }
+
+    /// A Negotiate token the tunnel waits for and has not asked for: its
+    /// number and the proxy host (the service is `HTTP@host`).
+    pub(crate) fn token_request(&mut self) -> Option<(u32, String)> {
+        let State::SentConnect(sending) = &mut self.state else {
+            return None;
+        };
+        if sending.token != Token::Wanted {
+            return None;
+        }
+        self.lookups += 1;
+        sending.token = Token::Asked(self.lookups);
+        let host = self.route.paths[self.path as usize].hops[sending.stage.hop]
+            .proxy
+            .addr
+            .host
+            .clone();
+        Some((self.lookups, host))
+    }
+
+    /// The answer to token request `n`: the request is built with it, or,
+    /// without a token, with the next scheme the proxy offered.
+    pub(crate) fn token_arrived(&mut self, n: u32, token: Result<Vec<u8>, String>) -> Progress {
+        let State::SentConnect(sending) = &mut self.state else {
+            return Progress::Idle;
+        };
+        if sending.token != Token::Asked(n) {
+            return Progress::Idle;
+        }
+        let route = std::rc::Rc::clone(&self.route);
+        let hop = &route.paths[self.path as usize].hops[sending.stage.hop];
+        let authorization = match token {
+            Ok(token) => Some(format!(
+                "Negotiate {}",
+                base64::engine::general_purpose::STANDARD.encode(token)
+            )),
+            Err(why) => {
+                let next =
+                    sending
+                        .stage
+                        .auth
+                        .token_failed(&hop.proxy, &mut hop.learnt.borrow_mut(), &why);
+                match next {
+                    Ok(value) => {
+                        info!("{}: Negotiate passed over: {why}", self.prefix());
+                        value
+                    }
+                    Err(text) => return self.refuse(Failure::ProxyAuth, text),
+                }
+            }
+        };
+        let hop_index = match &self.state {
+            State::SentConnect(sending) => sending.stage.hop,
+            _ => return Progress::Idle,
+        };
+        let request = connect::build_request(
+            &self.connect_target(hop_index).authority(),
+            authorization.as_deref(),
+            &hop.proxy.headers,
+        );
+        let State::SentConnect(sending) = &mut self.state else {
+            return Progress::Idle;
+        };
+        sending.request = request;
+        sending.token = Token::NotNeeded;
+        Progress::Idle
     }
 
     /// SentConnect: writes the rest of the request.
@@ -261,6 +363,9 @@ impl Tunnel {
         let State::SentConnect(sending) = &mut self.state else {
             return Progress::Idle;
         };
+        if sending.token != Token::NotNeeded {
+            return Progress::Idle; // waiting for the worker thread
+        }
         let Some(up) = self.upstream.as_mut() else {
             return Progress::Idle;
         };
@@ -508,6 +613,7 @@ impl Tunnel {
             .auth
             .challenged(&hop.proxy, &mut hop.learnt.borrow_mut(), &head);
         let (answer, same_connection) = match next {
+            Next::Token => (TOKEN_ANSWER.to_string(), false),
             Next::GiveUp(why) => {
                 return Step::Done(self.refuse(Failure::ProxyAuth, format!("{quoted}: {why}")))
             }

@@ -9,6 +9,7 @@
 // Each test binary uses a different subset of these helpers.
 #![allow(dead_code)]
 
+pub mod kdc;
 pub mod proxies;
 pub mod tls_front;
 
@@ -1041,19 +1042,6 @@ pub fn spawn_binary_with(config: &str, args: &[&str]) -> Running {
     running
 }
 
-/// Like [`spawn_binary_with`], with `files` (name, contents) written into
-/// the config's folder first (e.g. a `proxy-ca` file named relative to it).
-pub fn spawn_binary_with_files(config: &str, args: &[&str], files: &[(&str, &str)]) -> Running {
-    let dir = unique_dir("run");
-    for (name, text) in files {
-        fs::write(dir.join(name), text).unwrap_or_else(|e| panic!("write {name}: {e}"));
-    }
-    let mut running = start_binary_in(&dir, config, args);
-    running.owns_dir = true;
-    running.wait_listening(&listen_addrs_of(config), START_TIMEOUT);
-    running
-}
-
 /// Starts the binary without waiting for anything, in a fresh directory
 /// removed when the [`Running`] is dropped (unless the test is failing).
 pub fn start_binary(config: &str, args: &[&str]) -> Running {
@@ -1067,36 +1055,72 @@ pub fn start_binary(config: &str, args: &[&str]) -> Running {
 /// stderr going to `DIR/stdout` and `DIR/stderr`. Waits for nothing and
 /// leaves `dir` in place when dropped.
 pub fn start_binary_in(dir: &Path, config: &str, args: &[&str]) -> Running {
-    start_binary_in_env(dir, config, args, None)
+    start_binary_in_env(dir, config, args, &[])
 }
 
-/// Like [`spawn_binary_with`]; with `vars`, the child's proxy variables
-/// ([`PROXY_VARIABLES`]) are exactly those of `vars`, whatever the test's
-/// own environment holds (for `env` entries).
-pub fn spawn_binary_env(config: &str, args: &[&str], vars: &[(&str, &str)]) -> Running {
-    let mut running = start_binary_in_env(&unique_dir("run"), config, args, Some(vars));
+/// Like [`spawn_binary_with`], with `env` added to the binary's environment
+/// (e.g. `KRB5CCNAME` and `KRB5_CONFIG` from `kdc::Kdc::client_env`).
+pub fn spawn_binary_env(config: &str, args: &[&str], env: &[(String, String)]) -> Running {
+    let mut running = start_binary_in_env(&unique_dir("run"), config, args, env);
     running.owns_dir = true;
     running.wait_listening(&listen_addrs_of(config), START_TIMEOUT);
     running
 }
 
-/// [`start_binary_in`]; with `vars`, the child's proxy variables are
-/// exactly those of `vars` (see [`spawn_binary_env`]).
+/// Like [`start_binary_in`], with `env` added to the binary's environment.
 pub fn start_binary_in_env(
     dir: &Path,
     config: &str,
     args: &[&str],
-    vars: Option<&[(&str, &str)]>,
+    env: &[(String, String)],
+) -> Running {
+    start_binary_in_vars(dir, config, args, env, false)
+}
+
+/// Like [`spawn_binary_with`]; the child's proxy variables
+/// ([`PROXY_VARIABLES`]) are exactly those of `vars`, whatever the test's
+/// own environment holds (for `env` entries).
+pub fn spawn_binary_proxy_env(config: &str, args: &[&str], vars: &[(&str, &str)]) -> Running {
+    let env: Vec<(String, String)> = vars
+        .iter()
+        .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+        .collect();
+    let mut running = start_binary_in_vars(&unique_dir("run"), config, args, &env, true);
+    running.owns_dir = true;
+    running.wait_listening(&listen_addrs_of(config), START_TIMEOUT);
+    running
+}
+
+/// Like [`spawn_binary_with`], with `files` (name, contents) written into
+/// the config's folder first (e.g. a `proxy-ca` file named relative to it).
+pub fn spawn_binary_with_files(config: &str, args: &[&str], files: &[(&str, &str)]) -> Running {
+    let dir = unique_dir("run");
+    for (name, text) in files {
+        fs::write(dir.join(name), text).unwrap_or_else(|e| panic!("write {name}: {e}"));
+    }
+    let mut running = start_binary_in(&dir, config, args);
+    running.owns_dir = true;
+    running.wait_listening(&listen_addrs_of(config), START_TIMEOUT);
+    running
+}
+
+/// [`start_binary_in_env`]; with `clear_proxy_vars`, every one of
+/// [`PROXY_VARIABLES`] is removed first, so `env` holds the only ones.
+fn start_binary_in_vars(
+    dir: &Path,
+    config: &str,
+    args: &[&str],
+    env: &[(String, String)],
+    clear_proxy_vars: bool,
 ) -> Running {
     let config_path = dir.join("tunnels.conf");
     let log_path = dir.join("httptunneling.log");
     fs::write(&config_path, config).expect("write config");
     let mut command = Command::new(BIN);
-    if let Some(vars) = vars {
+    if clear_proxy_vars {
         for name in PROXY_VARIABLES {
             command.env_remove(name);
         }
-        command.envs(vars.iter().copied());
     }
     let child = command
         .args(args)
@@ -1104,6 +1128,7 @@ pub fn start_binary_in_env(
         .arg(&log_path)
         .arg(&config_path)
         .env_remove("RUST_LOG")
+        .envs(env.iter().map(|(k, v)| (k, v)))
         .stdin(Stdio::null())
         .stdout(fs::File::create(dir.join("stdout")).expect("create stdout file"))
         .stderr(fs::File::create(dir.join("stderr")).expect("create stderr file"))

@@ -111,6 +111,23 @@ pub enum SquidScheme {
     Digest,
     /// `ntlm_fake_auth`: any user, any password.
     NtlmFake,
+    /// `negotiate_kerberos_auth` with the keytab of a test KDC's
+    /// `HTTP/localhost`: needs [`RealProxy::squid_negotiate`], which says
+    /// where the keytab is.
+    Negotiate,
+}
+
+/// What squid's `negotiate_kerberos_auth` needs to accept Kerberos tickets
+/// (from `common::kdc::Kdc::acceptor`).
+#[derive(Clone, Debug)]
+pub struct NegotiateAcceptor {
+    /// The service's keytab (`KRB5_KTNAME`, `-k`), readable by squid's user.
+    pub keytab: PathBuf,
+    /// The service principal the helper accepts for (`-s`), e.g.
+    /// `HTTP/localhost@HTTPTUNNELING.TEST`.
+    pub principal: String,
+    /// The krb5.conf the helper reads (`KRB5_CONFIG`).
+    pub krb5_config: PathBuf,
 }
 
 /// Whether a missing program may skip the test instead of failing it.
@@ -303,7 +320,7 @@ impl RealProxy {
 
     /// squid allowing CONNECT to any port from 127.0.0.1, caching nothing.
     pub fn squid() -> Option<RealProxy> {
-        RealProxy::squid_with(&[], None, "")
+        RealProxy::squid_with(&[], None, None, "")
     }
 
     /// Like [`RealProxy::squid`], but every request must carry HTTP Basic
@@ -311,7 +328,7 @@ impl RealProxy {
     /// against an htpasswd file); others get `407` with
     /// `Proxy-Authenticate: Basic`.
     pub fn squid_basic_auth(user: &str, password: &str) -> Option<RealProxy> {
-        RealProxy::squid_with(&[SquidScheme::Basic], Some((user, password)), "")
+        RealProxy::squid_with(&[SquidScheme::Basic], Some((user, password)), None, "")
     }
 
     /// Like [`RealProxy::squid`], but every request must carry HTTP Digest
@@ -322,7 +339,7 @@ impl RealProxy {
     /// squid's defaults hold: a nonce serves at most 50 requests
     /// (`nonce_max_count`), then squid answers `stale=true`.
     pub fn squid_digest_auth(user: &str, password: &str) -> Option<RealProxy> {
-        RealProxy::squid_with(&[SquidScheme::Digest], Some((user, password)), "")
+        RealProxy::squid_with(&[SquidScheme::Digest], Some((user, password)), None, "")
     }
 
     /// Like [`RealProxy::squid`], but every request must authenticate with
@@ -332,14 +349,14 @@ impl RealProxy {
     /// NTLM authenticates a connection, so it needs the persistent client
     /// connections squid keeps by default.
     pub fn squid_ntlm_fake_auth() -> Option<RealProxy> {
-        RealProxy::squid_with(&[SquidScheme::NtlmFake], None, "")
+        RealProxy::squid_with(&[SquidScheme::NtlmFake], None, None, "")
     }
 
     /// squid offering every scheme in `schemes` (one `Proxy-Authenticate`
     /// header each, in this order); Basic and Digest check `user`/`password`,
     /// NTLM is `ntlm_fake_auth`.
     pub fn squid_auth(schemes: &[SquidScheme], user: &str, password: &str) -> Option<RealProxy> {
-        RealProxy::squid_with(schemes, Some((user, password)), "")
+        RealProxy::squid_with(schemes, Some((user, password)), None, "")
     }
 
     /// Like [`RealProxy::squid_auth`], with `extra` configuration lines
@@ -351,7 +368,22 @@ impl RealProxy {
         password: &str,
         extra: &str,
     ) -> Option<RealProxy> {
-        RealProxy::squid_with(schemes, Some((user, password)), extra)
+        RealProxy::squid_with(schemes, Some((user, password)), None, extra)
+    }
+
+    /// squid offering every scheme in `schemes` (which holds
+    /// [`SquidScheme::Negotiate`], in the place its `Proxy-Authenticate:
+    /// Negotiate` header should take), Negotiate checked by
+    /// `negotiate_kerberos_auth` with `acceptor`'s keytab; Basic and Digest
+    /// need `cred`. `extra` as in [`RealProxy::squid_auth_with`]. Tunnels
+    /// must name this proxy `localhost` (the service is `HTTP/localhost`).
+    pub fn squid_negotiate(
+        acceptor: &NegotiateAcceptor,
+        schemes: &[SquidScheme],
+        cred: Option<(&str, &str)>,
+        extra: &str,
+    ) -> Option<RealProxy> {
+        RealProxy::squid_with(schemes, cred, Some(acceptor), extra)
     }
 
     /// Like [`RealProxy::squid`] (no authentication), with `extra`
@@ -365,11 +397,14 @@ impl RealProxy {
     fn squid_with(
         schemes: &[SquidScheme],
         cred: Option<(&str, &str)>,
+        acceptor: Option<&NegotiateAcceptor>,
         extra: &str,
     ) -> Option<RealProxy> {
         let program = require("squid", find_program("squid"))?;
         let (dir, service) = proxy_dir("squid");
         let mut auth_lines = String::new();
+        // The helpers inherit squid's environment.
+        let mut env: Vec<(&str, std::ffi::OsString)> = Vec::new();
         for scheme in schemes {
             match scheme {
                 SquidScheme::Basic => {
@@ -419,6 +454,33 @@ impl RealProxy {
                         helper.display()
                     ));
                 }
+                SquidScheme::Negotiate => {
+                    let acceptor =
+                        acceptor.expect("SquidScheme::Negotiate needs RealProxy::squid_negotiate");
+                    let helper = require(
+                        "squid's negotiate_kerberos_auth helper",
+                        find_helper("negotiate_kerberos_auth"),
+                    )?;
+                    // -k/-s: the keytab and the one service principal
+                    // accepted (without -s the helper would want
+                    // HTTP/<this host's FQDN>, so visible_hostname does not
+                    // matter); -d: its debug lines go to cache.log, printed
+                    // when a test fails.
+                    auth_lines.push_str(&format!(
+                        "auth_param negotiate program {} -d -k {} -s {}\n\
+                         auth_param negotiate children 24 startup=2 idle=1\n\
+                         auth_param negotiate keep_alive on\n",
+                        helper.display(),
+                        acceptor.keytab.display(),
+                        acceptor.principal
+                    ));
+                    env.push(("KRB5_CONFIG", acceptor.krb5_config.clone().into()));
+                    let mut ktname = std::ffi::OsString::from("FILE:");
+                    ktname.push(&acceptor.keytab);
+                    env.push(("KRB5_KTNAME", ktname));
+                    // The replay cache in squid's own (writable) directory.
+                    env.push(("KRB5RCACHEDIR", dir.clone().into()));
+                }
             }
         }
         auth_lines.push_str(extra);
@@ -462,6 +524,7 @@ impl RealProxy {
                 let mut cmd = Command::new(&program);
                 // -N: no daemon, no kid processes; -n: our own service name.
                 cmd.arg("-N").arg("-n").arg(&name).arg("-f").arg(conf);
+                cmd.envs(env.iter().map(|(k, v)| (k, v)));
                 cmd
             },
             "cache.log",
