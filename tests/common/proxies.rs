@@ -391,7 +391,7 @@ impl RealProxy {
     /// port 4000\nhttp_access deny !only\n` to let it CONNECT to one port
     /// only.
     pub fn squid_extra(extra: &str) -> Option<RealProxy> {
-        RealProxy::squid_with(&[], None, extra)
+        RealProxy::squid_with(&[], None, None, extra)
     }
 
     fn squid_with(
