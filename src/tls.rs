@@ -320,33 +320,58 @@ impl Read for TlsStream {
 }
 
 impl Write for TlsStream {
-    /// Takes plaintext once the records before it are out: with records
+    /// Takes plaintext once the records before it are out, and goes on
+    /// taking it while the socket takes the records: like a TCP write, it
+    /// is short only when the socket is full (the tunnel then waits for a
+    /// writable edge, which comes because records wait), and with records
     /// waiting for a full socket it says `WouldBlock`, so the ring keeps
     /// the bytes and backpressure works as for TCP.
     fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
         self.flush_records()?;
-        let n = self.conn.writer().write(buf)?;
-        if n == 0 && !buf.is_empty() {
+        let mut total = 0;
+        while total < buf.len() {
+            let n = self.conn.writer().write(&buf[total..])?;
+            if n == 0 {
+                break;
+            }
+            total += n;
+            match self.flush_records() {
+                Ok(()) => {}
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
+                Err(e) if total > 0 => {
+                    // The bytes taken are in records; the error comes back
+                    // at the next call.
+                    let _ = e;
+                    break;
+                }
+                Err(e) => return Err(e),
+            }
+        }
+        if total == 0 && !buf.is_empty() {
             return Err(io::ErrorKind::WouldBlock.into());
         }
-        match self.flush_records() {
-            Err(e) if e.kind() == io::ErrorKind::WouldBlock => Ok(n),
-            Err(e) => Err(e),
-            Ok(()) => Ok(n),
-        }
+        Ok(total)
     }
 
     fn write_vectored(&mut self, bufs: &[io::IoSlice<'_>]) -> io::Result<usize> {
-        self.flush_records()?;
-        let n = self.conn.writer().write_vectored(bufs)?;
-        if n == 0 && bufs.iter().any(|b| !b.is_empty()) {
-            return Err(io::ErrorKind::WouldBlock.into());
+        let mut total = 0;
+        for b in bufs.iter().filter(|b| !b.is_empty()) {
+            match self.write(b) {
+                Ok(n) => {
+                    total += n;
+                    if n < b.len() {
+                        break;
+                    }
+                }
+                Err(e) if total > 0 && e.kind() == io::ErrorKind::WouldBlock => break,
+                Err(e) if total > 0 => {
+                    let _ = e;
+                    break;
+                }
+                Err(e) => return Err(e),
+            }
         }
-        match self.flush_records() {
-            Err(e) if e.kind() == io::ErrorKind::WouldBlock => Ok(n),
-            Err(e) => Err(e),
-            Ok(()) => Ok(n),
-        }
+        Ok(total)
     }
 
     fn flush(&mut self) -> io::Result<()> {
