@@ -154,7 +154,11 @@ impl Engine {
                 info!(
                     "snapshot:   route {}: {}{}",
                     path.label(),
-                    if path.in_backoff(now) { "in back-off" } else { "up" },
+                    if path.in_backoff(now) {
+                        "in back-off"
+                    } else {
+                        "up"
+                    },
                     if learnt.is_empty() {
                         String::new()
                     } else {
