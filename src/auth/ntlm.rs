@@ -258,12 +258,15 @@ fn u32_at(m: &[u8], at: usize) -> u32 {
 }
 
 /// The (offset, length) of the security buffer whose fields start at
-/// `at`; `m` is at least `at + 8` long. An empty buffer may have any offset.
+/// `at`; `m` is at least `at + 8` long. An empty buffer may have any offset
+/// in the message, and is returned as `(0, 0)` so that slicing `m` with it
+/// cannot go out of bounds (fuzz target `ntlm_challenge`, regression tests
+/// `fuzz_ntlm_challenge_*`).
 fn buffer(m: &[u8], at: usize, header: usize, what: &'static str) -> Result<(usize, usize), Error> {
     let len = usize::from(u16_at(m, at));
     let offset = u32_at(m, at + 4) as usize;
     if len == 0 {
-        return Ok((offset, 0));
+        return Ok((0, 0));
     }
     match offset.checked_add(len) {
         Some(end) if offset >= header && end <= m.len() => Ok((offset, len)),
@@ -1032,5 +1035,40 @@ mod tests {
         );
         let msg = authenticate(&ch, "alice", "CORP", "x", "WS", [7; 8], 0).unwrap();
         assert_eq!(&msg[..12], b"NTLMSSP\0\x03\0\0\0");
+    }
+
+    // ----- regressions found by the fuzz target `ntlm_challenge` -------------
+
+    /// fuzz/artifacts/ntlm_challenge/crash-05efc473e88f763a36ffa4cd3617b0f8f837511b:
+    /// a 32-byte message whose empty TargetName has an offset far outside
+    /// it (0x01000800). `buffer` passed the offset of an empty buffer
+    /// through, and `m[off..off]` panicked (ntlm.rs:322 before the fix);
+    /// with `panic = "abort"` a proxy sending it killed the process.
+    #[test]
+    fn fuzz_ntlm_challenge_crash_05efc473() {
+        let m = unhex(
+            "4e544c4d53535000 02000000 0000 0000 00080001
+             01010101 3b3b0100 0600 0000",
+        );
+        let c = parse_challenge(&m).expect("an empty name at any offset is just empty");
+        assert!(c.target_name.is_empty());
+        assert_eq!(parse_challenge(&c.to_bytes()), Ok(c));
+    }
+
+    /// The same for an empty TargetInfo whose offset lies past the message
+    /// (it was sliced the same way before being validated).
+    #[test]
+    fn fuzz_ntlm_challenge_empty_target_info_far_offset() {
+        let mut m = Vec::new();
+        m.extend_from_slice(SIGNATURE);
+        m.extend_from_slice(&2u32.to_le_bytes());
+        m.extend_from_slice(&[0, 0, 0, 0, 48, 0, 0, 0]);
+        m.extend_from_slice(&(NEGOTIATE_NTLM | NEGOTIATE_TARGET_INFO).to_le_bytes());
+        m.extend_from_slice(&SERVER_CHALLENGE);
+        m.extend_from_slice(&[0; 8]);
+        m.extend_from_slice(&[0, 0, 0, 0, 0xff, 0xff, 0xff, 0x7f]);
+        let c = parse_challenge(&m).expect("an empty target info at any offset is just empty");
+        assert!(c.target_info.is_empty());
+        assert_eq!(parse_challenge(&c.to_bytes()), Ok(c));
     }
 }
