@@ -238,8 +238,24 @@ impl StreamCheck {
 // Sockets
 // ---------------------------------------------------------------------------
 
-/// A port that was free a moment ago on 127.0.0.1 (bind port 0, read, drop).
+/// A port that was free a moment ago on 127.0.0.1, below Linux's
+/// ephemeral range (32768–60999): a port the kernel handed out for port 0
+/// can be taken again at once by any outgoing connection (the forwarder's
+/// own dials included) before the test's program binds it; one below the
+/// range cannot. Each process walks its own sequence, checked by binding.
 pub fn free_port() -> u16 {
+    use std::sync::atomic::{AtomicU32, Ordering};
+    static NEXT: AtomicU32 = AtomicU32::new(0);
+    const LOW: u32 = 20000;
+    const SPAN: u32 = 12000;
+    let start = std::process::id().wrapping_mul(7919) % SPAN;
+    for _ in 0..SPAN {
+        let n = NEXT.fetch_add(1, Ordering::Relaxed);
+        let port = (LOW + (start + n.wrapping_mul(37)) % SPAN) as u16;
+        if TcpListener::bind(("127.0.0.1", port)).is_ok() {
+            return port;
+        }
+    }
     TcpListener::bind("127.0.0.1:0")
         .and_then(|l| l.local_addr())
         .expect("bind 127.0.0.1:0")
