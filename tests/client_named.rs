@@ -521,6 +521,7 @@ fn curl_every_mode(fwd: &Running, socks_port: u16, http_port: u16, via: Option<&
         } else {
             assert!(!open.contains(" via "), "{what}: {open}");
         }
+        wait_until(IO_TIMEOUT, || server.accepted() >= 1);
         assert_eq!(server.accepted(), 1, "{what}: connections to the server");
     }
 }
@@ -940,6 +941,7 @@ fn socks5_reply_codes_byte_exact() {
     assert_eq!(got, vec![5, 0xFF], "no acceptable method");
 
     // None of the refusals reached the echo backend; the two successes did.
+    wait_until(IO_TIMEOUT, || echo.accepted() >= 2);
     assert_eq!(echo.accepted(), 2, "connections the echo backend accepted");
     // A `failed: client: ...` line for each bad request.
     run.wait_log_count(": failed: client: ", 6, START_TIMEOUT);
@@ -1128,6 +1130,8 @@ fn http_connect_answers_200_403_502_504_400_405() {
         a.assert_header("Allow: CONNECT", method);
     }
 
+    wait_until(IO_TIMEOUT, || echo.accepted() >= 1);
+
     assert_eq!(echo.accepted(), 1, "only the 200 reached the echo backend");
     assert_eq!(
         proxy.accepted(),
@@ -1306,6 +1310,7 @@ fn a_request_dribbled_a_byte_every_20ms_works() {
     dribble(&mut s, &socks4a_request("localhost", echo.port()), gap);
     assert_eq!(read_n(&mut s, 8, "reply"), SOCKS4_OK);
     drop(s);
+    wait_until(IO_TIMEOUT, || echo.accepted() >= 3);
     assert_eq!(echo.accepted(), 3);
 }
 
@@ -1431,6 +1436,8 @@ fn allow_port_ranges_refuse_before_any_connection() {
         .expect("send");
     assert_eq!(read_n(&mut s, ESTABLISHED.len(), "200"), ESTABLISHED);
     drop(s);
+
+    wait_until(IO_TIMEOUT, || inside.accepted() >= 2);
 
     assert_eq!(inside.accepted(), 2, "the two tunnels in range");
     assert_eq!(
@@ -1568,6 +1575,8 @@ fn allow_names_do_not_match_ips_and_ips_do_not_match_names() {
     let got = one_shot(by_ip, &socks4a_request("localhost", p), "socks4a by name");
     assert_eq!(got, SOCKS4_REJECTED);
 
+    // The backend's accept thread may lag the replies: wait for it.
+    wait_until(IO_TIMEOUT, || echo.accepted() >= 4);
     assert_eq!(echo.accepted(), 4, "only the allowed tunnels connected");
 }
 
@@ -1723,6 +1732,7 @@ fn http_head_of_16384_bytes_works_16385_is_400_bare_lf_and_http_1_0_work() {
         s.write_all(what.as_bytes()).expect("send");
         assert_eq!(read_n(&mut s, what.len(), "echo"), what.as_bytes());
     }
+    wait_until(IO_TIMEOUT, || echo.accepted() >= 3);
     assert_eq!(echo.accepted(), 3);
     run.wait_log("HTTP/1.0 CONNECT request for ", START_TIMEOUT);
 }
@@ -1845,6 +1855,7 @@ fn forty_clients_at_once_each_reach_the_destination_they_named() {
         h.join().expect("client thread");
     }
     for b in &backends {
+        wait_until(IO_TIMEOUT, || b.accepted() >= 10);
         assert_eq!(b.accepted(), 10, "each backend got its ten clients");
     }
     run.wait_log_count(": closed up=65536 down=65538 ", 40, START_TIMEOUT);
