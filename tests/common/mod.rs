@@ -249,10 +249,11 @@ pub fn free_port() -> u16 {
     const LOW: u32 = 20000;
     const SPAN: u32 = 12000;
     let start = std::process::id().wrapping_mul(7919) % SPAN;
+    let in_use = ports_in_use();
     for _ in 0..SPAN {
         let n = NEXT.fetch_add(1, Ordering::Relaxed);
         let port = (LOW + (start + n.wrapping_mul(37)) % SPAN) as u16;
-        if TcpListener::bind(("127.0.0.1", port)).is_ok() {
+        if !in_use.contains(&port) && TcpListener::bind(("127.0.0.1", port)).is_ok() {
             return port;
         }
     }
@@ -260,6 +261,27 @@ pub fn free_port() -> u16 {
         .and_then(|l| l.local_addr())
         .expect("bind 127.0.0.1:0")
         .port()
+}
+
+/// Local ports of every TCP socket on the machine, in any state (a
+/// connected socket holding a port makes a later bind fail even when a
+/// test bind a moment before succeeded).
+fn ports_in_use() -> std::collections::HashSet<u16> {
+    let mut ports = std::collections::HashSet::new();
+    for file in ["/proc/net/tcp", "/proc/net/tcp6"] {
+        let Ok(text) = fs::read_to_string(file) else {
+            continue;
+        };
+        for line in text.lines().skip(1) {
+            let local = line.split_whitespace().nth(1).unwrap_or("");
+            if let Some(port) = local.rsplit(':').next() {
+                if let Ok(p) = u16::from_str_radix(port, 16) {
+                    ports.insert(p);
+                }
+            }
+        }
+    }
+    ports
 }
 
 /// Sets the usual timeouts and TCP_NODELAY on a test socket.
