@@ -321,23 +321,7 @@ pub fn check_host(bytes: &[u8]) -> Result<String, String> {
 /// The label rules of [`check_host`], for a string of allowed characters
 /// that is not an IP literal.
 fn check_dns_name(s: &str) -> Result<(), String> {
-    let name = s.strip_suffix('.').unwrap_or(s);
-    if name.len() > 253 {
-        return Err("host name longer than 253 characters".to_string());
-    }
-    let mut last = "";
-    for label in name.split('.') {
-        if label.is_empty() {
-            return Err("empty label in host name".to_string());
-        }
-        if label.len() > 63 {
-            return Err("label longer than 63 characters in host name".to_string());
-        }
-        if label.starts_with('-') || label.ends_with('-') {
-            return Err("label starting or ending with '-' in host name".to_string());
-        }
-        last = label;
-    }
+    let last = crate::config::check_labels(s)?;
     if is_numeric_label(last) {
         return Err("not a valid IPv4 address".to_string());
     }

@@ -51,7 +51,7 @@ use std::time::Duration;
 
 pub use allow::{allowed, Allow};
 pub use env::{EnvProxy, NoProxy, PROXY_VARIABLES};
-pub(crate) use values::is_token_char;
+pub(crate) use values::{check_labels, is_token_char};
 pub use values::{format_duration, format_size, parse_duration, parse_size};
 
 /// Default capacity of each of a tunnel's two ring buffers. Chosen from the

@@ -201,12 +201,24 @@ pub(super) fn check_dns_name(s: &str) -> Result<(), String> {
             "non-ASCII host name: write it in its xn-- (punycode) form".to_string()
         });
     }
+    let last = check_labels(s)?;
+    if last.bytes().all(|b| b.is_ascii_digit()) {
+        return Err("not a valid IPv4 address".to_string());
+    }
+    Ok(())
+}
+
+/// The label rules of a DNS name made of allowed characters (a final `.`
+/// aside: at most 253 characters; labels 1–63 long, not starting or ending
+/// with `-`), shared with the names SOCKS/HTTP clients send
+/// ([`crate::client::check_host`]). Returns the last label.
+pub(crate) fn check_labels(s: &str) -> Result<&str, String> {
     let name = s.strip_suffix('.').unwrap_or(s);
     if name.len() > 253 {
         return Err("host name longer than 253 characters".to_string());
     }
-    let labels: Vec<&str> = name.split('.').collect();
-    for label in &labels {
+    let mut last = "";
+    for label in name.split('.') {
         if label.is_empty() {
             return Err("empty label in host name".to_string());
         }
@@ -216,14 +228,9 @@ pub(super) fn check_dns_name(s: &str) -> Result<(), String> {
         if label.starts_with('-') || label.ends_with('-') {
             return Err("label starting or ending with '-' in host name".to_string());
         }
+        last = label;
     }
-    if labels
-        .last()
-        .is_some_and(|last| last.bytes().all(|b| b.is_ascii_digit()))
-    {
-        return Err("not a valid IPv4 address".to_string());
-    }
-    Ok(())
+    Ok(last)
 }
 
 /// Rules shared by every credentials source; the reason never holds them.

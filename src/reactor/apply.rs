@@ -121,15 +121,7 @@ impl Engine {
             self.tunnels_total,
             net::fmt_duration(self.started.elapsed())
         );
-        let mut listeners: Vec<&Listener> = self
-            .slab
-            .iter()
-            .filter_map(|(_, s)| match s {
-                Slot::Listener(l) => Some(&**l),
-                _ => None,
-            })
-            .collect();
-        listeners.sort_by_key(|l| l.route.entry.line);
+        let listeners = self.listeners_by_line();
         let now = Instant::now();
         for l in listeners {
             info!(

@@ -633,6 +633,20 @@ impl Engine {
         }
     }
 
+    /// The listeners, in the order of their lines (snapshot, metrics).
+    fn listeners_by_line(&self) -> Vec<&Listener> {
+        let mut listeners: Vec<&Listener> = self
+            .slab
+            .iter()
+            .filter_map(|(_, s)| match s {
+                Slot::Listener(l) => Some(&**l),
+                _ => None,
+            })
+            .collect();
+        listeners.sort_by_key(|l| l.route.entry.line);
+        listeners
+    }
+
     fn shut_down(&mut self) {
         info!("shutting down ({})", self.stop.unwrap_or("shutdown"));
         let now = Instant::now();

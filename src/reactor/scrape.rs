@@ -233,15 +233,7 @@ impl Engine {
 
     /// The exposition of every entry and the process.
     fn exposition(&self) -> String {
-        let mut listeners: Vec<&super::Listener> = self
-            .slab
-            .iter()
-            .filter_map(|(_, s)| match s {
-                Slot::Listener(l) => Some(&**l),
-                _ => None,
-            })
-            .collect();
-        listeners.sort_by_key(|l| l.route.entry.line);
+        let listeners = self.listeners_by_line();
         let now = Instant::now();
         let mut open_bytes = std::collections::HashMap::new();
         for (_, slot) in self.slab.iter() {
