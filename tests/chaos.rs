@@ -717,37 +717,6 @@ fn end_lines(log: &str) -> HashMap<(u16, u16), Vec<String>> {
     out
 }
 
-fn fd_count(pid: u32) -> usize {
-    fs::read_dir(format!("/proc/{pid}/fd"))
-        .expect("read /proc/PID/fd")
-        .count()
-}
-
-fn fd_list(pid: u32) -> String {
-    let mut out = Vec::new();
-    if let Ok(dir) = fs::read_dir(format!("/proc/{pid}/fd")) {
-        for e in dir.flatten() {
-            let target = fs::read_link(e.path())
-                .map(|p| p.display().to_string())
-                .unwrap_or_default();
-            out.push(format!("{} -> {target}", e.file_name().to_string_lossy()));
-        }
-    }
-    out.sort();
-    out.join("\n")
-}
-
-fn cpu_time(pid: u32) -> Duration {
-    let stat = fs::read_to_string(format!("/proc/{pid}/stat")).expect("read /proc/PID/stat");
-    let rest = &stat[stat.rfind(')').expect("comm field") + 2..];
-    let fields: Vec<&str> = rest.split_whitespace().collect();
-    let ticks: u64 =
-        fields[11].parse::<u64>().expect("utime") + fields[12].parse::<u64>().expect("stime");
-    // SAFETY: sysconf has no preconditions.
-    let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) };
-    Duration::from_secs_f64(ticks as f64 / hz as f64)
-}
-
 fn rss_kib(pid: u32) -> u64 {
     let status = fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
     status

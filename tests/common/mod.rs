@@ -1434,3 +1434,73 @@ pub fn remove_temp(path: &Path) {
         let _ = fs::remove_dir_all(dir);
     }
 }
+
+// ---------------------------------------------------------------------------
+// The process under test, from /proc
+// ---------------------------------------------------------------------------
+
+/// Clock ticks per second of the times in /proc/PID/stat and the timers in
+/// /proc/net/tcp.
+pub fn clock_ticks() -> f64 {
+    // SAFETY: sysconf has no preconditions.
+    let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) };
+    assert!(hz > 0, "sysconf(_SC_CLK_TCK)");
+    hz as f64
+}
+
+/// User plus system CPU time used so far by process `pid` (all threads).
+pub fn cpu_time(pid: u32) -> Duration {
+    let stat = fs::read_to_string(format!("/proc/{pid}/stat")).expect("read /proc/PID/stat");
+    // The command name (field 2) is in parentheses and may hold spaces;
+    // fields 14 and 15 (utime, stime) count from after its closing one.
+    let rest = &stat[stat.rfind(')').expect("comm field") + 2..];
+    let fields: Vec<&str> = rest.split_whitespace().collect();
+    let ticks: u64 =
+        fields[11].parse::<u64>().expect("utime") + fields[12].parse::<u64>().expect("stime");
+    Duration::from_secs_f64(ticks as f64 / clock_ticks())
+}
+
+/// CPU time `pid` uses during the next `window` (a measurement window: the
+/// wait is the point).
+pub fn cpu_over(pid: u32, window: Duration) -> Duration {
+    let before = cpu_time(pid);
+    thread::sleep(window);
+    cpu_time(pid).saturating_sub(before)
+}
+
+/// Open file descriptors of process `pid`.
+pub fn fd_count(pid: u32) -> usize {
+    fs::read_dir(format!("/proc/{pid}/fd"))
+        .expect("read /proc/PID/fd")
+        .count()
+}
+
+/// What each open descriptor of `pid` points to, for failure messages.
+pub fn fd_list(pid: u32) -> String {
+    let mut out = Vec::new();
+    if let Ok(dir) = fs::read_dir(format!("/proc/{pid}/fd")) {
+        for e in dir.flatten() {
+            let target = fs::read_link(e.path())
+                .map(|p| p.display().to_string())
+                .unwrap_or_default();
+            out.push(format!("{} -> {target}", e.file_name().to_string_lossy()));
+        }
+    }
+    out.sort();
+    out.join("\n")
+}
+
+/// Sets the soft and hard RLIMIT_NOFILE of the running process `pid`
+/// (prlimit(2): the same as setrlimit in the child before exec, but it lets
+/// the test use the ordinary spawn helper).
+pub fn limit_fds(pid: u32, n: u64) {
+    let lim = libc::rlimit {
+        rlim_cur: n as libc::rlim_t,
+        rlim_max: n as libc::rlim_t,
+    };
+    let pid = libc::pid_t::try_from(pid).expect("pid fits pid_t");
+    // SAFETY: a valid rlimit; a null old-limit pointer is allowed. `pid` is
+    // our own unreaped child, so it names no other process.
+    let rc = unsafe { libc::prlimit(pid, libc::RLIMIT_NOFILE, &lim, std::ptr::null_mut()) };
+    assert_eq!(rc, 0, "prlimit: {}", io::Error::last_os_error());
+}
