@@ -93,7 +93,8 @@ fn run(args: RunArgs) -> ExitCode {
     };
     logger
         .target(env_logger::Target::Pipe(Box::new(logsink::install(out))))
-        .write_style(env_logger::WriteStyle::Never);
+        .write_style(env_logger::WriteStyle::Never)
+        .format(|buf, record| logsink::format(buf, record));
     logger.init();
     let code = serve(&args);
     logsink::flush();

@@ -114,13 +114,15 @@ impl Engine {
     }
 
     pub(super) fn accept_queued(&mut self, now: Instant) {
-        let queue = std::mem::take(&mut self.accept_queue);
-        for key in queue {
+        let queue = std::mem::take(&mut self.spare_queue);
+        let queue = std::mem::replace(&mut self.accept_queue, queue);
+        for &key in &queue {
             if let Some(Slot::Listener(l)) = self.slab.get_mut(key) {
                 l.queued = false;
                 self.accept_on(key, now);
             }
         }
+        self.give_spare(queue);
     }
 
     /// Accepts from one listener until WouldBlock, max-conns, a descriptor

@@ -175,6 +175,9 @@ pub struct Engine {
     drive_queue: Vec<usize>,
     accept_queue: Vec<usize>,
     finished: Vec<usize>,
+    /// An empty queue with capacity: the three queues above are swapped
+    /// with it each tick, so no tick allocates a queue anew.
+    spare_queue: Vec<usize>,
     next_id: u64,
     tunnels_total: u64,
     bytes_total: (u64, u64),
@@ -231,6 +234,7 @@ impl Engine {
             drive_queue: Vec::new(),
             accept_queue: Vec::new(),
             finished: Vec::new(),
+            spare_queue: Vec::new(),
             next_id: 1,
             tunnels_total: 0,
             bytes_total: (0, 0),
@@ -392,8 +396,9 @@ impl Engine {
     }
 
     fn drive_queued(&mut self, now: Instant) {
-        let queue = std::mem::take(&mut self.drive_queue);
-        for key in queue {
+        let queue = std::mem::take(&mut self.spare_queue);
+        let queue = std::mem::replace(&mut self.drive_queue, queue);
+        for &key in &queue {
             let Some(Slot::Tunnel(t)) = self.slab.get_mut(key) else {
                 continue;
             };
@@ -406,6 +411,7 @@ impl Engine {
             let progress = t.drive(&mut ctx);
             self.after_drive(key, progress);
         }
+        self.give_spare(queue);
     }
 
     /// Acts on what a drive (or start, or resolution) reported, and arms a
@@ -596,8 +602,9 @@ impl Engine {
     }
 
     fn remove_finished(&mut self, now: Instant) {
-        let finished = std::mem::take(&mut self.finished);
-        for key in finished {
+        let finished = std::mem::take(&mut self.spare_queue);
+        let finished = std::mem::replace(&mut self.finished, finished);
+        for &key in &finished {
             let Some(Slot::Tunnel(_)) = self.slab.get(key) else {
                 continue;
             };
@@ -631,6 +638,13 @@ impl Engine {
                 }
             }
         }
+        self.give_spare(finished);
+    }
+
+    /// Keeps the emptied `queue`'s capacity as `spare_queue`.
+    pub(super) fn give_spare(&mut self, mut queue: Vec<usize>) {
+        queue.clear();
+        self.spare_queue = queue;
     }
 
     /// The listeners, in the order of their lines (snapshot, metrics).

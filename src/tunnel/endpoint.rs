@@ -17,6 +17,13 @@ use mio::event::Event;
 
 use crate::transport::Transport;
 
+/// Whether a hang-up without an error flag may still hide a pending socket
+/// error. Not on Linux: epoll reports `EPOLLERR` whenever `SO_ERROR` is set
+/// (a reset sets it before the hang-up), so a plain hang-up is a clean end
+/// that the next read reports, and looking at `SO_ERROR` for it would cost
+/// a `getsockopt` in every tunnel whose client closes after the destination.
+const HANG_UP_HINTS_AT_ERRORS: bool = !cfg!(target_os = "linux");
+
 /// A connection with its readiness bits.
 #[derive(Debug)]
 pub(crate) struct Endpoint {
@@ -53,7 +60,9 @@ impl Endpoint {
         if event.is_writable() || event.is_write_closed() || event.is_error() {
             self.writable = true;
         }
-        if event.is_error() || (event.is_read_closed() && event.is_write_closed()) {
+        if event.is_error()
+            || (HANG_UP_HINTS_AT_ERRORS && event.is_read_closed() && event.is_write_closed())
+        {
             self.fault_hint = true;
         }
     }

@@ -31,17 +31,17 @@ impl Tunnel {
         }
         let idle = now.saturating_duration_since(self.last_activity);
         let max_idle = self.max_idle.max(idle);
-        let first = match self.first_closed {
-            Some(s) => s.to_string(),
-            None => "-".to_string(),
+        let first: &dyn fmt::Display = match &self.first_closed {
+            Some(s) => s,
+            None => &"-",
         };
         info!(
             "{}: closed up={} down={} duration={} max-idle={} first={first} reason={reason}",
             self.prefix(),
             self.client_to_upstream.bytes,
             self.upstream_to_client.bytes,
-            net::fmt_duration(now.saturating_duration_since(self.accepted)),
-            net::fmt_duration(max_idle),
+            net::Dur(now.saturating_duration_since(self.accepted)),
+            net::Dur(max_idle),
         );
     }
 }
@@ -50,26 +50,25 @@ impl Tunnel {
 pub struct Prefix<'a>(pub(super) &'a Tunnel);
 
 impl fmt::Display for Prefix<'_> {
+    /// `tunnel ID LISTEN <- CLIENT -> DEST[ via ROUTE]`, from pieces the
+    /// route rendered once (this is written twice per tunnel at least).
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         let t = self.0;
+        let route = &t.route;
         write!(
             f,
-            "tunnel {} {} <- {} -> {}",
+            "tunnel {} {} <- {} -> ",
             t.id,
-            t.route.entry.listen,
-            t.client_addr,
-            match (&t.dest, t.route.client) {
-                // A client-named entry before its client named anything.
-                (None, Some(_)) => "?".to_string(),
-                _ => t.dest().authority(),
-            }
+            route.listen_text,
+            net::Addr(t.client_addr)
         )?;
-        let path = &t.route.paths[t.path as usize];
-        // A direct route is named only where the entry has others.
-        if !path.hops.is_empty() || t.route.paths.len() > 1 {
-            write!(f, " via {}", path.label())?;
+        match (&t.dest, route.client) {
+            (Some(dest), _) => fmt::Display::fmt(dest, f)?,
+            // A client-named entry before its client named anything.
+            (None, Some(_)) => f.write_str("?")?,
+            (None, None) => f.write_str(&route.dest_text)?,
         }
-        Ok(())
+        f.write_str(&route.paths[t.path as usize].via)
     }
 }
 
@@ -85,5 +84,25 @@ impl Tunnel {
             State::Closing(Reason::Shutdown) => Failure::Other,
             _ => Failure::Client,
         })
+    }
+}
+
+/// The end of the open line: `, auth SCHEME` (per hop, `>`-joined, `-`
+/// for a hop that asked for none), or nothing when no hop authenticated.
+pub(super) struct AuthSuffix<'a>(pub(super) &'a [Option<crate::auth::Scheme>]);
+
+impl fmt::Display for AuthSuffix<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if self.0.iter().all(Option::is_none) {
+            return Ok(());
+        }
+        f.write_str(", auth ")?;
+        for (i, scheme) in self.0.iter().enumerate() {
+            if i > 0 {
+                f.write_str(">")?;
+            }
+            f.write_str(scheme.map_or("-", |s| s.name()))?;
+        }
+        Ok(())
     }
 }

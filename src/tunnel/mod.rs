@@ -67,6 +67,7 @@ use crate::net;
 use crate::transport::Transport;
 use duplex::{Fault, Flow};
 use endpoint::Endpoint;
+use logline::AuthSuffix;
 pub use logline::Prefix;
 pub use route::{trusts, Hop, Path, Route};
 use upstream::{Reading, Resume, Sending};
@@ -587,17 +588,12 @@ impl Tunnel {
         self.set_state(State::Forwarding);
         let dial = self.connected.unwrap_or(now) - self.accepted;
         let handshake = now - self.connected.unwrap_or(now);
-        let auth = if auth.iter().all(Option::is_none) {
-            String::new()
-        } else {
-            let names: Vec<&str> = auth.iter().map(|s| s.map_or("-", |s| s.name())).collect();
-            format!(", auth {}", names.join(">"))
-        };
         info!(
-            "{}: open, dial {}, handshake {}{auth}",
+            "{}: open, dial {}, handshake {}{}",
             self.prefix(),
-            net::fmt_duration(dial),
-            net::fmt_duration(handshake)
+            net::Dur(dial),
+            net::Dur(handshake),
+            AuthSuffix(auth)
         );
     }
 

@@ -39,6 +39,9 @@ pub struct Path {
     first_hop_ip: Option<SocketAddr>,
     /// Until when new tunnels pass this route over (it failed).
     backoff_until: Cell<Option<Instant>>,
+    /// What log lines of its tunnels end their prefix with: ` via LABEL`,
+    /// or nothing for the direct route of an entry that has no other.
+    pub(crate) via: Box<str>,
 }
 
 impl Path {
@@ -48,6 +51,7 @@ impl Path {
             hops,
             first_hop_ip,
             backoff_until: Cell::new(None),
+            via: Box::default(),
         }
     }
 
@@ -139,6 +143,10 @@ pub struct Route {
     /// that destinations matching NO_PROXY take (new tunnels try it for
     /// those only).
     no_proxy_path: Option<usize>,
+    /// The listen address and the fixed destination as log lines show
+    /// them, rendered once for all the entry's tunnels.
+    pub(crate) listen_text: Box<str>,
+    pub(crate) dest_text: Box<str>,
 }
 
 impl Route {
@@ -185,7 +193,16 @@ impl Route {
             paths.push(Path::new(Vec::new()));
             no_proxy_path = Some(paths.len() - 1);
         }
+        // A direct route is named only where the entry has others.
+        let several = paths.len() > 1;
+        for p in &mut paths {
+            if !p.hops.is_empty() || several {
+                p.via = format!(" via {}", p.label()).into();
+            }
+        }
         Route {
+            listen_text: entry.listen.to_string().into(),
+            dest_text: dest.authority().into(),
             entry,
             paths,
             client,

@@ -161,7 +161,10 @@ impl Tunnel {
     }
 
     /// Dialing: mio's "connect completion" recipe (take_error, then
-    /// peer_addr; NotConnected means not yet).
+    /// peer_addr; NotConnected means not yet). On Linux a writable edge
+    /// without an error is the completion itself (epoll reports a
+    /// connecting socket writable only once it is connected or failed, and
+    /// a failure sets `SO_ERROR`), so `getpeername` is skipped there.
     pub(crate) fn check_connected(&mut self, ctx: &mut Ctx<'_>) -> Progress {
         let Some(up) = self.upstream.as_mut() else {
             return Progress::Idle;
@@ -170,8 +173,10 @@ impl Tunnel {
             return Progress::Idle;
         }
         let stream = up.io.tcp();
+        let connected_edge = cfg!(target_os = "linux") && up.writable && !up.fault_hint;
         let failure = match stream.take_error() {
             Ok(Some(e)) | Err(e) => Some(e),
+            Ok(None) if connected_edge => None,
             Ok(None) => match stream.peer_addr() {
                 Ok(_) => None,
                 Err(e) if e.kind() == io::ErrorKind::NotConnected => {
