@@ -14,6 +14,9 @@ pub enum Command {
     Run(RunArgs),
     /// `--check`: validate `config` and print its normalised entries.
     Check(PathBuf),
+    /// `--status`: print the state of the instance running on `config`,
+    /// read from its `metrics` endpoint.
+    Status(PathBuf),
     /// `--help`.
     Help,
     /// `--version`.
@@ -51,6 +54,11 @@ fn options() -> Options {
         "check",
         "validate CONFIG, print every problem and the normalised entries, open no socket",
     );
+    o.optflag(
+        "",
+        "status",
+        "print the state of the instance running on CONFIG (read from its metrics line's endpoint)",
+    );
     o.optopt(
         "l",
         "log-file",
@@ -76,7 +84,8 @@ pub fn usage() -> String {
         CONFIG has one entry a line: LISTEN DEST_HOST DEST_PORT [PROXY_HOST PROXY_PORT | PROXY_URL] [KEY=VALUE ...]";
     let mut text = options().usage(brief);
     text.push_str(
-        "\nSignals: SIGHUP reloads CONFIG, SIGUSR1 logs a snapshot, SIGINT/SIGTERM stop.\n\
+        "\nSignals: SIGHUP reloads CONFIG, SIGUSR1 logs a snapshot, SIGINT/SIGTERM stop\n\
+         (Windows: Ctrl-C, Ctrl-Break or closing the console stop; edits of CONFIG reload).\n\
          RUST_LOG (e.g. RUST_LOG=debug) overrides -v/-q.\n",
     );
     text
@@ -106,6 +115,9 @@ where
     if m.opt_present("t") {
         return Ok(Command::Check(config));
     }
+    if m.opt_present("status") {
+        return Ok(Command::Status(config));
+    }
     Ok(Command::Run(RunArgs {
         config,
         log_file: m.opt_str("l").map(PathBuf::from),
@@ -133,6 +145,10 @@ mod tests {
     fn check_help_version() {
         assert_eq!(parse(["--check", "a"]).unwrap(), Command::Check("a".into()));
         assert_eq!(parse(["-t", "a"]).unwrap(), Command::Check("a".into()));
+        assert_eq!(
+            parse(["--status", "a"]).unwrap(),
+            Command::Status("a".into())
+        );
         assert_eq!(parse(["-h"]).unwrap(), Command::Help);
         assert_eq!(parse(["--version"]).unwrap(), Command::Version);
     }

@@ -19,6 +19,8 @@ pub mod reactor;
 pub mod reload;
 pub mod resolve;
 pub mod ring;
+pub mod status;
+pub mod sys;
 pub mod tls;
 pub mod transport;
 pub mod tunnel;

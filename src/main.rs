@@ -1,14 +1,15 @@
 //! `httptunneling [OPTIONS] CONFIG`: parse the command line, set up logging,
 //! load the configuration, run the engine, map errors to exit statuses
-//! (0 after SIGINT/SIGTERM, 1 for a bad config, a failed bind or log file,
-//! 2 for a usage error).
+//! (0 after SIGINT/SIGTERM or Windows' Ctrl-C, 1 for a bad config, a failed
+//! bind or log file, or a `--status` that cannot be answered, 2 for a usage
+//! error).
 
 use std::fs::OpenOptions;
 use std::io::Write;
 use std::process::ExitCode;
 
 use httptunneling::cli::{self, Command, RunArgs};
-use httptunneling::{auth, config, logsink, Engine, EngineOptions, StartError};
+use httptunneling::{auth, config, logsink, status, sys, Engine, EngineOptions, StartError};
 
 fn main() -> ExitCode {
     match cli::parse(std::env::args_os().skip(1)) {
@@ -21,6 +22,7 @@ fn main() -> ExitCode {
             ExitCode::SUCCESS
         }
         Ok(Command::Check(path)) => check(&path),
+        Ok(Command::Status(path)) => status(&path),
         Ok(Command::Run(args)) => run(args),
         Err(e) => {
             eprintln!("httptunneling: {e}\n\n{}", cli::usage());
@@ -75,6 +77,41 @@ fn check(path: &std::path::Path) -> ExitCode {
     }
 }
 
+/// `--status`: the summary of the running instance's metrics, or why not.
+fn status(path: &std::path::Path) -> ExitCode {
+    let config = match config::load(path) {
+        Ok(config) => config,
+        Err(errors) => {
+            for e in errors {
+                eprintln!("{e}");
+            }
+            return ExitCode::from(1);
+        }
+    };
+    let Some(metrics) = config.metrics else {
+        eprintln!(
+            "httptunneling: {} has no metrics line: --status reads the running instance's \
+             metrics endpoint (add e.g. `metrics 127.0.0.1:9100`)",
+            path.display()
+        );
+        return ExitCode::from(1);
+    };
+    let addr = status::connect_addr(metrics.listen);
+    match status::fetch(addr) {
+        Ok(body) => {
+            print!("{}", status::summarise(&body));
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!(
+                "httptunneling: cannot read http://{addr}/metrics: {e} (is httptunneling running on {}?)",
+                path.display()
+            );
+            ExitCode::from(1)
+        }
+    }
+}
+
 fn run(args: RunArgs) -> ExitCode {
     let mut logger = env_logger::Builder::new();
     logger.filter_level(args.level()).parse_default_env();
@@ -98,6 +135,8 @@ fn run(args: RunArgs) -> ExitCode {
     logger.init();
     let code = serve(&args);
     logsink::flush();
+    // A Windows console close waits for this before the process is ended.
+    sys::exiting();
     code
 }
 

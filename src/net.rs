@@ -90,7 +90,7 @@ impl Reserved {
     /// What `socket(2)` says: EMFILE/ENFILE when out of descriptors.
     pub fn new(v6: bool) -> io::Result<Reserved> {
         let domain = if v6 { Domain::IPV6 } else { Domain::IPV4 };
-        let socket = Socket::new(domain, Type::STREAM.nonblocking(), Some(Protocol::TCP))?;
+        let socket = crate::sys::stream_socket(domain)?;
         Ok(Reserved { socket, v6 })
     }
 
@@ -117,7 +117,7 @@ pub fn dial(reserve: &mut Option<Reserved>, addr: SocketAddr) -> io::Result<TcpS
     };
     match reserved.socket.connect(&addr.into()) {
         Ok(()) => {}
-        Err(e) if e.raw_os_error() == Some(libc::EINPROGRESS) => {}
+        Err(e) if crate::sys::connect_in_progress(&e) => {}
         Err(e) => return Err(e),
     }
     Ok(TcpStream::from_std(reserved.socket.into()))

@@ -232,3 +232,49 @@ fn a_reload_moves_the_metrics_line_and_keeps_the_counters() {
         1.0
     );
 }
+
+#[test]
+fn status_prints_the_running_instance_from_its_metrics_line() {
+    let echo = echo_backend();
+    let (port, metrics) = (free_port(), free_port());
+    let run = spawn_binary(&format!(
+        "{port} 127.0.0.1 {}\nmetrics {metrics}\n",
+        echo.addr.port()
+    ));
+    wait_port(metrics);
+    assert_echo(port, 5, 1000);
+    run.wait_log("closed up=1000", IO_TIMEOUT);
+    let out = std::process::Command::new(BIN)
+        .arg("--status")
+        .arg(&run.config_path)
+        .output()
+        .expect("run --status");
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{out:?}");
+    assert!(text.starts_with("httptunneling 0."), "{text}");
+    assert!(
+        text.contains(", 1 entries, reloads 0 ok, 0 failed"),
+        "{text}"
+    );
+    assert!(
+        text.contains(&format!(
+            "entry 127.0.0.1:{port}: 0 open, 1 ok, 0 failed, up=1000 down=1000"
+        )),
+        "{text}"
+    );
+
+    // Without a metrics line there is nothing to ask: exit 1, saying why.
+    let dir = std::env::temp_dir().join(format!("ht-status-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let conf = dir.join("no-metrics.conf");
+    std::fs::write(&conf, format!("{port} 127.0.0.1 1\n")).unwrap();
+    let out = std::process::Command::new(BIN)
+        .arg("--status")
+        .arg(&conf)
+        .output()
+        .expect("run --status");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{out:?}");
+    assert!(err.contains("has no metrics line"), "{err}");
+    let _ = std::fs::remove_dir_all(&dir);
+}

@@ -44,9 +44,10 @@ use std::sync::OnceLock;
 /// dynamic loader, or a path), instead of [`LIBRARIES`].
 pub const LIB_ENV: &str = "HTTPTUNNELING_GSSAPI_LIB";
 
-/// What [`load`] tries, in order: MIT Kerberos (Debian/Ubuntu
-/// `libgssapi-krb5-2`, Fedora `krb5-libs`), then Heimdal (`libgssapi3-heimdal`).
-pub const LIBRARIES: [&str; 2] = ["libgssapi_krb5.so.2", "libgssapi.so.3"];
+/// What [`load`] tries, in order: on Linux MIT Kerberos (Debian/Ubuntu
+/// `libgssapi-krb5-2`, Fedora `krb5-libs`), then Heimdal (`libgssapi3-heimdal`);
+/// other systems' names are in [`crate::sys::GSSAPI_LIBRARIES`].
+pub const LIBRARIES: &[&str] = crate::sys::GSSAPI_LIBRARIES;
 
 // ---------------------------------------------------------------------------
 // The C interface (RFC 2744, as MIT's gssapi.h spells it on LP64 Linux)
@@ -206,7 +207,7 @@ pub fn load() -> Result<&'static Gssapi, String> {
     LOADED
         .get_or_init(|| match std::env::var_os(LIB_ENV) {
             Some(name) if !name.is_empty() => Gssapi::open(&name.to_string_lossy()),
-            _ => Gssapi::open_first(&LIBRARIES),
+            _ => Gssapi::open_first(LIBRARIES),
         })
         .as_ref()
         .map_err(Clone::clone)
@@ -643,7 +644,7 @@ mod tests {
     /// installed wherever krb5-user is (`.ci/test` installs it).
     #[test]
     fn the_system_library_opens_and_describes_statuses() {
-        let api = Gssapi::open_first(&LIBRARIES)
+        let api = Gssapi::open_first(LIBRARIES)
             .expect("the GSSAPI library (apt-get install libgssapi-krb5-2)");
         // GSS_S_NO_CRED.
         let text = api.status(7 << 16, 0);

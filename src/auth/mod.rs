@@ -472,15 +472,8 @@ impl Session {
 fn workstation() -> &'static str {
     static NAME: OnceLock<String> = OnceLock::new();
     NAME.get_or_init(|| {
-        let mut buf = [0u8; 256];
-        // SAFETY: a valid buffer and its length; gethostname NUL-terminates
-        // within it on success (truncation is checked for below).
-        let rc = unsafe { libc::gethostname(buf.as_mut_ptr().cast(), buf.len()) };
-        if rc != 0 {
-            return String::new();
-        }
-        let len = buf.iter().position(|&b| b == 0).unwrap_or(0);
-        String::from_utf8_lossy(&buf[..len])
+        crate::sys::host_name()
+            .unwrap_or_default()
             .split('.')
             .next()
             .unwrap_or_default()

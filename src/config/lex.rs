@@ -131,6 +131,14 @@ mod tests {
         assert_eq!(fields(r#"ab"c d"ef"#), ["abc def"]);
         assert_eq!(fields(r#""""#), [""]);
         assert_eq!(fields(r#""\\" x"#), [r"\", "x"]);
+        // Windows paths as a Notepad user writes them.
+        assert_eq!(
+            fields(r#"auth-file="C:\Program Files\ht\secret.txt" proxy-ca=D:\ca.pem"#),
+            [
+                r"auth-file=C:\Program Files\ht\secret.txt",
+                r"proxy-ca=D:\ca.pem"
+            ]
+        );
     }
 
     #[test]

@@ -401,7 +401,6 @@ pub fn load(path: &Path) -> Result<Config, Vec<Error>> {
 /// entry naming it. Reads file metadata: call it where `load` is called,
 /// off the reactor thread.
 pub fn warnings(config: &Config, file: &str) -> Vec<String> {
-    use std::os::unix::fs::PermissionsExt;
     let mut seen: Vec<&Path> = Vec::new();
     let mut out = Vec::new();
     for entry in &config.entries {
@@ -411,8 +410,7 @@ pub fn warnings(config: &Config, file: &str) -> Vec<String> {
             }
             seen.push(path);
             if let Ok(meta) = std::fs::metadata(path) {
-                let mode = meta.permissions().mode() & 0o777;
-                if mode & 0o077 != 0 {
+                if let Some(mode) = crate::sys::readable_by_others(&meta) {
                     out.push(format!(
                         "{file}:{}: auth-file {} can be read by other users (mode {mode:04o}); `chmod 600` it",
                         entry.line,

@@ -24,7 +24,7 @@ use std::time::{Duration, Instant};
 
 use log::{info, warn};
 use mio::event::Event;
-use mio::{Events, Interest, Poll, Token, Waker};
+use mio::{Events, Poll, Token, Waker};
 use slab::Slab;
 
 mod accept;
@@ -36,6 +36,7 @@ use crate::logsink;
 use crate::net;
 use crate::reload::{self, Reloader};
 use crate::resolve::{Job, Resolve, Resolver, SystemResolver};
+use crate::sys::{self, Signal};
 use crate::tls;
 use crate::tunnel::{self, Ctx, Progress, Tunnel};
 use accept::Listener;
@@ -79,7 +80,8 @@ pub struct EngineOptions {
     pub config_path: Option<PathBuf>,
     /// Watch `config_path` for changes.
     pub watch: bool,
-    /// Handle SIGHUP, SIGUSR1, SIGINT and SIGTERM.
+    /// Handle SIGHUP, SIGUSR1, SIGINT and SIGTERM (Windows: Ctrl-C, Ctrl-Break,
+    /// console close; see [`crate::sys`]).
     pub signals: bool,
     /// Name resolution (runs on resolver threads).
     pub resolver: Arc<dyn Resolve>,
@@ -170,7 +172,7 @@ pub struct Engine {
     rx: Receiver<Msg>,
     resolver: Resolver<Lookup>,
     reloader: Option<Reloader>,
-    signals: Option<signal_hook_mio::v1_0::Signals>,
+    signals: Option<sys::Signals>,
     timers: Timers,
     drive_queue: Vec<usize>,
     accept_queue: Vec<usize>,
@@ -268,14 +270,9 @@ impl Engine {
                 })?;
         }
         if opts.signals {
-            use signal_hook::consts::{SIGHUP, SIGINT, SIGTERM, SIGUSR1};
-            let mut signals =
-                signal_hook_mio::v1_0::Signals::new([SIGHUP, SIGUSR1, SIGINT, SIGTERM])
-                    .map_err(|e| setup("signals", e))?;
-            engine
-                .poll
-                .registry()
-                .register(&mut signals, SIGNALS, Interest::READABLE)
+            let handle = engine.handle();
+            let stop = move |why| handle.send(Msg::Shutdown(why));
+            let signals = sys::Signals::new(engine.poll.registry(), SIGNALS, stop)
                 .map_err(|e| setup("signals", e))?;
             engine.signals = Some(signals);
         }
@@ -548,26 +545,22 @@ impl Engine {
     }
 
     fn handle_signals(&mut self) {
-        use signal_hook::consts::{SIGHUP, SIGINT, SIGTERM, SIGUSR1};
         if !std::mem::take(&mut self.signalled) {
             return;
         }
         let Some(signals) = self.signals.as_mut() else {
             return;
         };
-        let pending: Vec<i32> = signals.pending().collect();
-        for signal in pending {
+        for signal in signals.pending() {
             match signal {
-                SIGHUP => {
+                Signal::Reload => {
                     info!("SIGHUP: reloading the configuration");
                     if let Some(r) = &self.reloader {
                         r.trigger();
                     }
                 }
-                SIGUSR1 => self.snapshot(),
-                SIGINT => self.stop = Some("SIGINT"),
-                SIGTERM => self.stop = Some("SIGTERM"),
-                _ => {}
+                Signal::Snapshot => self.snapshot(),
+                Signal::Stop(why) => self.stop = Some(why),
             }
         }
     }

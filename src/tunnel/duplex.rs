@@ -183,8 +183,8 @@ fn pump(
                     moved = true;
                     // A short write means the send buffer is full; the next
                     // write would only say WouldBlock. Freed space raises a
-                    // new writable edge.
-                    if n < pending {
+                    // new writable edge (not on Windows: see sys).
+                    if n < pending && crate::sys::SHORT_IO_MEANS_WOULD_BLOCK {
                         dst.writable = false;
                     }
                 }

@@ -8,6 +8,8 @@
 //! kernel's queue empty or full, so the call that would only say
 //! `WouldBlock` is skipped. A short read does not clear `readable` once a
 //! FIN was seen (`read_closed`, sticky): the EOF itself must still be read.
+//! On Windows a short read or write clears nothing (see
+//! [`crate::sys::SHORT_IO_MEANS_WOULD_BLOCK`]).
 //! An error or hang-up hint also sets `fault_hint`, so the pending socket
 //! error is looked at even when neither side wants to read or write.
 
@@ -96,7 +98,7 @@ impl Endpoint {
     /// a FIN was seen, whose EOF must still be read.
     #[inline]
     pub(crate) fn after_read(&mut self, n: usize, room: usize) {
-        if n < room && !self.read_closed {
+        if crate::sys::SHORT_IO_MEANS_WOULD_BLOCK && n < room && !self.read_closed {
             self.readable = false;
         }
     }
