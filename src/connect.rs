@@ -1053,6 +1053,110 @@ mod tests {
         fn big_inputs_never_panic(buf in prop::collection::vec(any::<u8>(), MAX_HEAD - 8..MAX_HEAD + 8)) {
             check_contract(&buf)?;
         }
+
+        /// Arbitrary bytes and plausible answers (sometimes with a byte
+        /// changed), cut at every byte: what a prefix gives agrees with the
+        /// whole. The caller parses everything received so far after each
+        /// read, so this covers any way of cutting the input into reads.
+        #[test]
+        fn any_bytes_parse_the_same_split_at_every_byte(
+            buf in prop_oneof![prop::collection::vec(any::<u8>(), 0..300), answer(), mutated(answer())],
+        ) {
+            let whole = parse_answer(&buf);
+            for k in 0..=buf.len() {
+                check_prefix(&whole, &buf[..k], k)?;
+            }
+        }
+
+    }
+
+    proptest! {
+        // 16 KiB inputs parsed a few dozen times each: fewer cases.
+        #![proptest_config(ProptestConfig::with_cases(48))]
+
+        /// Past [`MAX_HEAD`] bytes nothing is looked at: whatever follows
+        /// the first `MAX_HEAD` bytes, the result is the same, and prefixes
+        /// cut anywhere near the cap agree with it.
+        #[test]
+        fn nothing_past_max_head_is_looked_at(
+            head in prop_oneof![Just(b"HTTP/1.1 407 x\r\nX: ".to_vec()), Just(b"HTTP/1.1 200 ok\r\n".to_vec()), Just(Vec::new())],
+            filler in prop_oneof![Just(b'a'), Just(b' '), any::<u8>()],
+            len in MAX_HEAD - 4..MAX_HEAD + 4,
+            end in prop_oneof![Just(&b""[..]), Just(&b"\r\n\r\n"[..])],
+            tail in prop::collection::vec(any::<u8>(), 0..64),
+            other in prop::collection::vec(any::<u8>(), 0..64),
+        ) {
+            let mut buf = head;
+            buf.resize(len.max(buf.len()), filler);
+            buf.extend_from_slice(end);
+            buf.extend_from_slice(&tail);
+            let whole = parse_answer(&buf);
+            if buf.len() > MAX_HEAD {
+                let mut changed = buf[..MAX_HEAD].to_vec();
+                changed.extend_from_slice(&other);
+                prop_assert_eq!(parse_answer(&changed), whole.clone());
+            }
+            if let Ok(Answer::Complete(h)) = &whole {
+                prop_assert!(h.head_len <= MAX_HEAD);
+            }
+            for k in (MAX_HEAD - 8..=buf.len()).chain([0, 1, 10, buf.len() / 2]) {
+                check_prefix(&whole, &buf[..k.min(buf.len())], k.min(buf.len()))?;
+            }
+        }
+    }
+
+    /// `buf` with a few bytes replaced, so that a plausible answer breaks
+    /// somewhere in the middle.
+    fn mutated(s: impl Strategy<Value = Vec<u8>>) -> impl Strategy<Value = Vec<u8>> {
+        (
+            s,
+            prop::collection::vec((any::<prop::sample::Index>(), any::<u8>()), 1..4),
+        )
+            .prop_map(|(mut buf, edits)| {
+                if !buf.is_empty() {
+                    for (at, b) in edits {
+                        let i = at.index(buf.len());
+                        buf[i] = b;
+                    }
+                }
+                buf
+            })
+    }
+
+    /// What the first `k` bytes of an input must give, knowing what the
+    /// whole input gave: a complete head is Partial until its last byte and
+    /// the same head from then on; a malformed input is Partial or
+    /// malformed (never a head) on the way; too large is Partial below the
+    /// cap. And every prefix satisfies the contract by itself.
+    fn check_prefix(
+        whole: &Result<Answer, ParseError>,
+        prefix: &[u8],
+        k: usize,
+    ) -> Result<(), TestCaseError> {
+        let now = parse_answer(prefix);
+        match whole {
+            Ok(Answer::Complete(head)) if k < head.head_len => {
+                prop_assert_eq!(now, Ok(Answer::Partial), "cut {}", k);
+            }
+            Ok(Answer::Complete(head)) => {
+                prop_assert_eq!(now, Ok(Answer::Complete(head.clone())), "cut {}", k);
+            }
+            Ok(Answer::Partial) => prop_assert_eq!(now, Ok(Answer::Partial), "cut {}", k),
+            Err(ParseError::Malformed(_)) => prop_assert!(
+                matches!(now, Ok(Answer::Partial) | Err(ParseError::Malformed(_))),
+                "cut {}: {:?} before {:?}",
+                k,
+                now,
+                whole
+            ),
+            Err(ParseError::TooLarge) if k < MAX_HEAD => {
+                prop_assert_eq!(now, Ok(Answer::Partial), "cut {}", k);
+            }
+            Err(ParseError::TooLarge) => {
+                prop_assert_eq!(now, Err(ParseError::TooLarge), "cut {}", k);
+            }
+        }
+        Ok(())
     }
 
     // ---- body drain ----
@@ -1111,10 +1215,148 @@ mod tests {
         assert!(e.contains("over 1 MiB"), "{e}");
     }
 
+    /// How feeding `bytes` to `d` in `pieces` (sizes, cycled; the rest in
+    /// one piece) ended: `Ok((body bytes, done))` or the error; stops at
+    /// the end of the body like the caller does.
+    fn drain_in(mut d: BodyDrain, bytes: &[u8], pieces: &[usize]) -> Result<(usize, bool), String> {
+        let mut used = 0;
+        let mut sizes = pieces.iter().copied().filter(|&n| n > 0).cycle();
+        while used < bytes.len() && !d.is_done() {
+            let n = sizes.next().unwrap_or(bytes.len()).min(bytes.len() - used);
+            let took = d.feed(&bytes[used..used + n])?;
+            assert!(took <= n, "took {took} of a {n}-byte piece");
+            // Fewer than offered only when the body ended inside the piece.
+            assert!(took == n || d.is_done(), "took {took} of {n} but not done");
+            used += took;
+            if took < n {
+                break;
+            }
+        }
+        Ok((used, d.is_done()))
+    }
+
+    /// Chunked bodies as proxies send them (sizes in either case, with
+    /// extensions, bare LFs, trailers), then whatever follows the body.
+    fn chunked_body() -> impl Strategy<Value = (Vec<u8>, usize)> {
+        let chunk = (
+            prop::collection::vec(any::<u8>(), 1..300),
+            prop_oneof![Just(""), Just(";ext=1"), Just(" ; a=\"b\"")],
+            prop_oneof![Just("\r\n"), Just("\n")],
+            any::<bool>(),
+        );
+        (
+            prop::collection::vec(chunk, 0..5),
+            prop::collection::vec("[A-Za-z-]{1,8}: [ -~]{0,12}", 0..3),
+            prop_oneof![Just("\r\n"), Just("\n")],
+            prop::collection::vec(any::<u8>(), 0..40),
+        )
+            .prop_map(|(chunks, trailers, eol, after)| {
+                let mut body = Vec::new();
+                for (data, ext, end, upper) in chunks {
+                    let size = if upper {
+                        format!("{:X}", data.len())
+                    } else {
+                        format!("{:x}", data.len())
+                    };
+                    body.extend_from_slice(format!("{size}{ext}{end}").as_bytes());
+                    body.extend_from_slice(&data);
+                    body.extend_from_slice(end.as_bytes());
+                }
+                body.extend_from_slice(format!("0{eol}").as_bytes());
+                for t in trailers {
+                    body.extend_from_slice(format!("{t}{eol}").as_bytes());
+                }
+                body.extend_from_slice(eol.as_bytes());
+                let len = body.len();
+                body.extend_from_slice(&after);
+                (body, len)
+            })
+    }
+
     proptest! {
         #[test]
         fn body_drain_never_panics(bytes in proptest::collection::vec(any::<u8>(), 0..512), piece in 1usize..64) {
             let _ = drain_all(BodyDrain::chunked(), &bytes, piece);
+        }
+
+        /// A chunked body, fed whole, split in two at every byte, and in
+        /// arbitrary pieces: it ends exactly at its last byte every time,
+        /// never taking a byte of what follows it.
+        #[test]
+        fn a_chunked_body_ends_at_its_end_however_it_is_cut(
+            (bytes, len) in chunked_body(),
+            pieces in prop::collection::vec(1usize..40, 1..8),
+        ) {
+            prop_assert_eq!(drain_in(BodyDrain::chunked(), &bytes, &[]), Ok((len, true)));
+            prop_assert_eq!(drain_in(BodyDrain::chunked(), &bytes, &pieces), Ok((len, true)));
+            for k in 0..=bytes.len() {
+                prop_assert_eq!(drain_in(BodyDrain::chunked(), &bytes, &[k]), Ok((len, true)), "cut {}", k);
+            }
+        }
+
+        /// Any bytes (arbitrary, or a chunked body with a byte changed),
+        /// chunked or with a length: the same outcome, error message
+        /// included, whether fed whole, split at any byte, or in arbitrary
+        /// pieces; never more than [`MAX_BODY`] bytes taken.
+        #[test]
+        fn any_bytes_drain_the_same_however_they_are_cut(
+            bytes in prop_oneof![
+                prop::collection::vec(any::<u8>(), 0..300),
+                mutated(chunked_body().prop_map(|(b, _)| b)),
+            ],
+            length in prop::option::of(0u64..400),
+            pieces in prop::collection::vec(1usize..40, 1..8),
+        ) {
+            let fresh = || length.map_or_else(BodyDrain::chunked, BodyDrain::length);
+            let whole = drain_in(fresh(), &bytes, &[]);
+            if let Ok((used, done)) = whole {
+                prop_assert!(used as u64 <= MAX_BODY);
+                if let Some(n) = length {
+                    prop_assert_eq!(used as u64, n.min(bytes.len() as u64));
+                    prop_assert_eq!(done, bytes.len() as u64 >= n);
+                }
+            }
+            prop_assert_eq!(drain_in(fresh(), &bytes, &pieces), whole.clone());
+            for k in 0..=bytes.len() {
+                prop_assert_eq!(drain_in(fresh(), &bytes, &[k]), whole.clone(), "cut {}", k);
+            }
+        }
+
+    }
+
+    proptest! {
+        // A MiB of body a case: fewer cases.
+        #![proptest_config(ProptestConfig::with_cases(32))]
+
+        /// The cap: a body that announces (or keeps sending) more than
+        /// [`MAX_BODY`] bytes is refused once it passes the cap, however it
+        /// is fed, and nothing is taken past that point.
+        #[test]
+        fn no_body_is_read_past_max_body(
+            over in 1u64..4096,
+            pieces in prop::collection::vec(1usize..(256 << 10), 1..4),
+            chunked in any::<bool>(),
+        ) {
+            let size = MAX_BODY + over;
+            let (d, mut bytes) = if chunked {
+                // Chunks of 64 KiB, as many as it takes to pass the cap.
+                let mut b = Vec::new();
+                while (b.len() as u64) <= size {
+                    b.extend_from_slice(b"10000\r\n");
+                    b.resize(b.len() + 0x10000, b'x');
+                    b.extend_from_slice(b"\r\n");
+                }
+                (BodyDrain::chunked(), b)
+            } else {
+                (BodyDrain::length(size), vec![b'x'; size as usize])
+            };
+            bytes.extend_from_slice(b"0\r\n\r\n");
+            let whole = drain_in(d.clone(), &bytes, &[]);
+            prop_assert_eq!(whole.clone(), Err(format!("its body is over {} MiB", MAX_BODY >> 20)));
+            prop_assert_eq!(drain_in(d.clone(), &bytes, &pieces), whole);
+            // One huge announced chunk is refused at its size line.
+            let line = format!("{size:x}\r\n");
+            prop_assert!(drain_in(BodyDrain::chunked(), line.as_bytes(), &pieces).is_err());
         }
     }
 }

@@ -31,7 +31,7 @@ use std::fmt;
 use std::fs;
 use std::io::{self, Read, Write};
 use std::net::{Shutdown, SocketAddr, TcpStream};
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::thread;
 use std::time::{Duration, Instant};
@@ -53,6 +53,10 @@ const LONG: u64 = 64 << 20;
 const MAGIC: u64 = 0xC4A0_5C4A_05C4_A05C;
 /// The entries' buffer size: small, so that buffers fill.
 const BUFFER: &str = "16k";
+const BUFFER_KIB: u64 = 16;
+/// RSS the binary may keep after the run beyond its ring pool: allocator
+/// slack, the slab, the log's formatting buffers.
+const RSS_SLACK_KIB: u64 = 4096;
 /// SO_RCVBUF of the stalling destination, SO_SNDBUF of its client.
 const STALL_RCVBUF: usize = 32 << 10;
 
@@ -67,6 +71,9 @@ enum Via {
     Direct,
     Proxy,
     Socks,
+    /// Through a real tinyproxy in its own process, killed with SIGKILL
+    /// while tunnels through it are mid-transfer, then restarted.
+    Killed,
 }
 
 #[derive(Clone, Copy, Debug)]
@@ -91,6 +98,14 @@ enum Case {
     Stall { up: u64, down: u64, stall_ms: u64 },
     /// The client connects and closes at once (with a RST if `reset`).
     Leave { reset: bool },
+    /// Both sides send endlessly until the proxy between them is killed;
+    /// each then sees an EOF or a reset, and what arrived before it is a
+    /// prefix of what was sent.
+    ProxyKilled,
+    /// Both ways at once without a half-close (tinyproxy closes the whole
+    /// tunnel on the first FIN): each side reads all it is owed, then the
+    /// destination closes and the client reads that EOF.
+    Exchange { up: u64, down: u64 },
 }
 
 impl Case {
@@ -104,6 +119,8 @@ impl Case {
             Case::Stall { .. } => "stall",
             Case::Leave { reset: false } => "leave",
             Case::Leave { reset: true } => "leave-rst",
+            Case::ProxyKilled => "proxy-killed",
+            Case::Exchange { .. } => "exchange",
         }
     }
 
@@ -114,7 +131,8 @@ impl Case {
             Case::Clean { up, down }
             | Case::HalfCloseClient { up, down }
             | Case::HalfCloseServer { up, down }
-            | Case::Stall { up, down, .. } => Some((16 + up, down)),
+            | Case::Stall { up, down, .. }
+            | Case::Exchange { up, down } => Some((16 + up, down)),
             _ => None,
         }
     }
@@ -263,6 +281,45 @@ fn drain(r: &mut TcpStream) -> (u64, Sha, Option<io::Error>) {
             Err(e) => return (total, hasher.finalize().into(), Some(e)),
         }
     }
+}
+
+/// [`drain`], adding every byte read to `seen` as it comes.
+fn drain_counting(r: &mut TcpStream, seen: Arc<AtomicU64>) -> (u64, Sha, Option<io::Error>) {
+    use sha2::{Digest, Sha256};
+    let mut hasher = Sha256::new();
+    let mut buf = vec![0; 64 * 1024];
+    let mut total = 0u64;
+    loop {
+        match r.read(&mut buf) {
+            Ok(0) => return (total, hasher.finalize().into(), None),
+            Ok(n) => {
+                hasher.update(&buf[..n]);
+                total += n as u64;
+                seen.fetch_add(n as u64, Ordering::SeqCst);
+            }
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(e) => return (total, hasher.finalize().into(), Some(e)),
+        }
+    }
+}
+
+#[derive(Clone, Copy, PartialEq, Eq, Hash)]
+enum Side {
+    Client,
+    Destination,
+}
+
+/// Bytes each side of a [`Case::ProxyKilled`] tunnel has read so far.
+static PROGRESS: Mutex<Vec<(u64, Side, Arc<AtomicU64>)>> = Mutex::new(Vec::new());
+
+fn progress(id: u64, side: Side) -> Arc<AtomicU64> {
+    let mut all = PROGRESS.lock().expect("progress");
+    if let Some((_, _, c)) = all.iter().find(|(i, s, _)| *i == id && *s == side) {
+        return c.clone();
+    }
+    let c = Arc::new(AtomicU64::new(0));
+    all.push((id, side, c.clone()));
+    c
 }
 
 /// Reads exactly `n` bytes and checks they are the start of `seed`'s stream.
@@ -510,6 +567,22 @@ fn serve(p: &Plan, mut s: TcpStream) -> Result<(), String> {
             joined(h, what)?;
             check_exact(got, p.seed_up, up, what)
         }
+        Case::Exchange { up, down } => {
+            let h = spawn_sender(&s, p.seed_down, down, p.chunk, false);
+            read_prefix(&mut s, p.seed_up, up, what)?;
+            joined(h, what)?;
+            s.shutdown(Shutdown::Write)
+                .map_err(|e| format!("{what}: shutdown: {e}"))?;
+            // The proxy closes the whole tunnel on our FIN: nothing more.
+            check_exact(drain(&mut s), p.seed_up, 0, what)
+        }
+        Case::ProxyKilled => {
+            let h = spawn_sender(&s, p.seed_down, LONG, p.chunk, false);
+            let got = drain_counting(&mut s, progress(p.id, Side::Destination));
+            let r = check_prefix_end(got, p.seed_up, LONG, what);
+            let cut = joined_cut(h, what);
+            r.and(cut)
+        }
         Case::Leave { .. } => Err(format!("{what}: a leaving client sent a header")),
     }
 }
@@ -523,6 +596,7 @@ fn serve(p: &Plan, mut s: TcpStream) -> Result<(), String> {
 /// send buffer), so that what fills up is the tunnel's.
 #[derive(Clone, Copy)]
 struct Ports {
+    killed: u16,
     direct: u16,
     direct_stall: u16,
     proxy: u16,
@@ -599,6 +673,7 @@ fn client(p: &Plan, ports: Ports) -> (Option<(u16, u16)>, Result<(), String>) {
         (Via::Proxy, false) => ports.proxy,
         (Via::Proxy, true) => ports.proxy_stall,
         (Via::Socks, _) => ports.socks,
+        (Via::Killed, _) => ports.killed,
     };
     let addr = SocketAddr::from(([127, 0, 0, 1], port));
     let mut s = match TcpStream::connect_timeout(&addr, Duration::from_secs(5)) {
@@ -682,6 +757,20 @@ fn exchange(p: &Plan, mut s: TcpStream) -> Result<(), String> {
             let cut = joined_cut(h, what);
             r.and(cut)
         }
+        Case::Exchange { up, down } => {
+            let h = spawn_sender(&s, p.seed_up, up, p.chunk, false);
+            read_prefix(&mut s, p.seed_down, down, what)?;
+            joined(h, what)?;
+            // The destination's FIN, then our close.
+            check_exact(drain(&mut s), p.seed_down, 0, what)
+        }
+        Case::ProxyKilled => {
+            let h = spawn_sender(&s, p.seed_up, LONG, p.chunk, false);
+            let got = drain_counting(&mut s, progress(p.id, Side::Client));
+            let r = check_prefix_end(got, p.seed_down, LONG, what);
+            let cut = joined_cut(h, what);
+            r.and(cut)
+        }
         Case::Leave { .. } => unreachable!("handled before the header"),
     }
 }
@@ -730,6 +819,122 @@ fn rss_kib(pid: u32) -> u64 {
 // The run
 // ---------------------------------------------------------------------------
 
+/// Rounds of the proxy kill, run alongside the mix.
+const KILL_ROUNDS: u64 = 3;
+/// Tunnels through the tinyproxy entry in each round: killed mid-transfer,
+/// then as many exchanges through the restarted proxy.
+const KILL_TUNNELS: u64 = 8;
+/// What each side of a tunnel to be killed reads before the kill.
+const KILL_AFTER: u64 = 256 << 10;
+/// How long after the kill every tunnel through the proxy must have ended.
+const KILL_ENDS_WITHIN: Duration = Duration::from_secs(10);
+/// Ids of the kill rounds' tunnels start here (the mix's count from 0).
+const KILL_ID_BASE: u64 = 1 << 32;
+
+/// The kill rounds: each starts [`KILL_TUNNELS`] endless tunnels through
+/// the tinyproxy entry, waits until each side of each has read
+/// [`KILL_AFTER`] bytes, kills tinyproxy with SIGKILL by its PID, waits for
+/// every one of them to end on both sides (within [`KILL_ENDS_WITHIN`]),
+/// restarts tinyproxy on the same port and runs [`KILL_TUNNELS`] exchanges
+/// through it, which must be byte-exact. Returns the tunnels and what went
+/// wrong beyond them.
+fn kill_rounds(
+    proxy: &mut proxies::RealProxy,
+    ports: Ports,
+    seed: u64,
+    plans: &Plans,
+) -> (Vec<Done>, Vec<String>) {
+    let mut rng = Rng(seed ^ 0x6B69_6C6C);
+    let (mut done, mut failures) = (Vec::new(), Vec::new());
+    let mut id = KILL_ID_BASE;
+    let run = |batch: Vec<Plan>| -> Vec<thread::JoinHandle<(Done, Instant)>> {
+        {
+            let mut map = plans.lock().expect("plans");
+            for p in &batch {
+                map.insert(p.id, *p);
+            }
+        }
+        batch
+            .into_iter()
+            .map(|plan| {
+                thread::spawn(move || {
+                    let (cport, client) = client(&plan, ports);
+                    let d = Done {
+                        plan,
+                        cport,
+                        client,
+                    };
+                    (d, Instant::now())
+                })
+            })
+            .collect()
+    };
+    let mut plan = |rng: &mut Rng, case: Case| {
+        id += 1;
+        Plan {
+            id,
+            via: Via::Killed,
+            case,
+            seed_up: seed ^ (id << 1),
+            seed_down: seed ^ (id << 1 | 1),
+            chunk: 1 + rng.below(64 << 10) as usize,
+            pipeline: false,
+            early_data: false,
+            domain_atyp: false,
+        }
+    };
+    for round in 1..=KILL_ROUNDS {
+        let batch: Vec<Plan> = (0..KILL_TUNNELS)
+            .map(|_| plan(&mut rng, Case::ProxyKilled))
+            .collect();
+        let ids: Vec<u64> = batch.iter().map(|p| p.id).collect();
+        let handles = run(batch);
+        let moving = wait_until(Duration::from_secs(20), || {
+            ids.iter().all(|&i| {
+                progress(i, Side::Client).load(Ordering::SeqCst) >= KILL_AFTER
+                    && progress(i, Side::Destination).load(Ordering::SeqCst) >= KILL_AFTER
+            })
+        });
+        if !moving {
+            failures.push(format!(
+                "kill round {round}: not every tunnel through tinyproxy moved {KILL_AFTER} bytes each way within 20 s"
+            ));
+        }
+        let pid = proxy.pid();
+        proxy.kill();
+        let killed = Instant::now();
+        for h in handles {
+            let (d, ended) = h.join().expect("kill round client");
+            let took = ended.saturating_duration_since(killed);
+            if took > KILL_ENDS_WITHIN {
+                failures.push(format!(
+                    "kill round {round}: {} ended {took:?} after tinyproxy (pid {pid}) was killed",
+                    d.plan
+                ));
+            }
+            done.push(d);
+        }
+        eprintln!(
+            "chaos: kill round {round}: tinyproxy pid {pid} killed with {KILL_TUNNELS} tunnels mid-transfer; all ended within {:?}",
+            killed.elapsed()
+        );
+        proxy.restart();
+        let batch: Vec<Plan> = (0..KILL_TUNNELS)
+            .map(|_| {
+                let case = Case::Exchange {
+                    up: rng.size(2 << 20),
+                    down: rng.size(2 << 20),
+                };
+                plan(&mut rng, case)
+            })
+            .collect();
+        for h in run(batch) {
+            done.push(h.join().expect("exchange client").0);
+        }
+    }
+    (done, failures)
+}
+
 struct Done {
     plan: Plan,
     /// Entry port and client port.
@@ -760,7 +965,14 @@ fn chaos_mix_of_hundreds_of_tunnels() {
     let backend = Destination::spawn(None, plans.clone(), reports.clone());
     let backend_stall = Destination::spawn(Some(STALL_RCVBUF), plans.clone(), reports.clone());
     let proxy = FakeProxy::scripted(ok_relay_script());
+    // A missing tinyproxy fails the test (or skips only the kill rounds,
+    // loudly, with HTTPTUNNELING_SKIP_REAL_PROXIES=1).
+    let mut tinyproxy = proxies::RealProxy::tinyproxy();
+    if tinyproxy.is_none() {
+        eprintln!("chaos: NOTE: no tinyproxy: the proxy-killed rounds do not run");
+    }
     let ports = Ports {
+        killed: free_port(),
         direct: free_port(),
         direct_stall: free_port(),
         proxy: free_port(),
@@ -776,7 +988,8 @@ fn chaos_mix_of_hundreds_of_tunnels() {
          127.0.0.1:{} 127.0.0.1 {} {opts}\n\
          127.0.0.1:{} 127.0.0.1 {} {proxy_url} {opts}\n\
          127.0.0.1:{} 127.0.0.1 {} {proxy_url} {opts}\n\
-         127.0.0.1:{} socks allow=* {opts}\n",
+         127.0.0.1:{} socks allow=* {opts}\n\
+         {}",
         ports.direct,
         ports.backend,
         ports.direct_stall,
@@ -786,6 +999,12 @@ fn chaos_mix_of_hundreds_of_tunnels() {
         ports.proxy_stall,
         ports.backend_stall,
         ports.socks,
+        tinyproxy.as_ref().map_or(String::new(), |t| format!(
+            "127.0.0.1:{} 127.0.0.1 {} http://127.0.0.1:{} {opts}\n",
+            ports.killed,
+            ports.backend,
+            t.port()
+        )),
     );
     let ht = spawn_binary(&config);
     let pid = ht.pid();
@@ -804,6 +1023,13 @@ fn chaos_mix_of_hundreds_of_tunnels() {
     }
 
     let started = Instant::now();
+    let killer = tinyproxy.take().map(|mut t| {
+        let plans = plans.clone();
+        thread::spawn(move || {
+            let r = kill_rounds(&mut t, ports, seed, &plans);
+            (r, t)
+        })
+    });
     let next = Arc::new(AtomicUsize::new(0));
     let done: Arc<Mutex<Vec<Done>>> = Arc::default();
     let workers: Vec<_> = (0..CONCURRENCY)
@@ -827,6 +1053,15 @@ fn chaos_mix_of_hundreds_of_tunnels() {
     for w in workers {
         w.join().expect("worker");
     }
+    let mut failures = Vec::new();
+    // Kept alive (and its logs printed on a failure) until the end.
+    let mut _tinyproxy = None;
+    if let Some(k) = killer {
+        let ((killed, kill_failures), t) = k.join().expect("kill rounds");
+        done.lock().expect("done").extend(killed);
+        failures.extend(kill_failures);
+        _tinyproxy = Some(t);
+    }
     let ran = started.elapsed();
     let mut done = std::mem::take(&mut *done.lock().expect("done"));
     done.sort_by_key(|d| d.plan.id);
@@ -837,7 +1072,6 @@ fn chaos_mix_of_hundreds_of_tunnels() {
         backend.active() + backend_stall.active() == 0
     });
 
-    let mut failures = Vec::new();
     // Every tunnel has an end line.
     let mut ends = HashMap::new();
     let all_logged = wait_until(Duration::from_secs(10), || {
@@ -939,6 +1173,18 @@ fn chaos_mix_of_hundreds_of_tunnels() {
             fd_list(pid)
         ));
     }
+    // RSS back near its baseline: what may stay is the ring pool (at most
+    // the rings of the tunnels open at once, each BUFFER_KIB, two a
+    // tunnel) and allocator slack. Measured: a few hundred KiB.
+    let rss_after = rss_kib(pid);
+    let rss_bound =
+        rss_before + (CONCURRENCY as u64 + KILL_TUNNELS) * 2 * BUFFER_KIB + RSS_SLACK_KIB;
+    if rss_after > rss_bound {
+        failures.push(format!(
+            "RSS {rss_after} KiB after the run, {rss_before} KiB before: more than the {rss_bound} KiB \
+             the ring pool and {RSS_SLACK_KIB} KiB of slack explain"
+        ));
+    }
     let before = cpu_time(pid);
     thread::sleep(Duration::from_secs(1));
     let idle_cpu = cpu_time(pid).saturating_sub(before);
@@ -992,9 +1238,8 @@ fn chaos_mix_of_hundreds_of_tunnels() {
         eprintln!("  {r}: {n}");
     }
     eprintln!(
-        "chaos: fds {fd_baseline} -> {}, RSS {rss_before} KiB -> {} KiB, idle CPU {idle_cpu:?}, total {:?}",
+        "chaos: fds {fd_baseline} -> {}, RSS {rss_before} KiB -> {rss_after} KiB (bound {rss_bound} KiB), idle CPU {idle_cpu:?}, total {:?}",
         fd_count(pid),
-        rss_kib(pid),
         started.elapsed()
     );
     assert!(

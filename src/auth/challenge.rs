@@ -586,6 +586,71 @@ mod tests {
             let _ = parse_counting(&refs);
         }
 
+        /// Header lines are independent: any mix of well-formed challenges
+        /// and junk parses to what each line gives alone, in order (junk
+        /// never swallows a neighbour), and never yields more text than it
+        /// was given.
+        #[test]
+        fn header_lines_parse_independently_and_never_grow(
+            values in prop::collection::vec(prop_oneof![
+                challenge().prop_map(|c| render(&c)),
+                ".{0,60}",
+                "[ ,=\"\\\\A-Za-z0-9+/\t]{0,60}",
+            ], 0..6),
+        ) {
+            let refs: Vec<&str> = values.iter().map(String::as_str).collect();
+            let (all, skipped) = parse_counting(&refs);
+            let mut each = Vec::new();
+            let mut each_skipped = 0;
+            for v in &refs {
+                let (cs, n) = parse_counting(&[v]);
+                let text: usize = cs.iter().map(|c| {
+                    c.scheme.len() + c.token68.as_ref().map_or(0, String::len)
+                        + c.params.iter().map(|(k, v)| k.len() + v.len()).sum::<usize>()
+                }).sum();
+                prop_assert!(text <= v.len(), "{} bytes out of {:?}", text, v);
+                prop_assert!(cs.len() + n <= v.matches(',').count() + 1, "{:?} -> {:?}", v, cs);
+                each.extend(cs);
+                each_skipped += n;
+            }
+            prop_assert_eq!(all, each);
+            prop_assert_eq!(skipped, each_skipped);
+        }
+
+        /// Challenges in a 407, spread over any number of
+        /// `Proxy-Authenticate` lines, the answer cut at every byte: no
+        /// challenge until the head is complete, then exactly the ones sent.
+        #[test]
+        fn challenges_of_a_407_are_the_same_however_it_is_cut(
+            cs in prop::collection::vec(challenge(), 1..5),
+            breaks in prop::collection::vec(any::<bool>(), 4),
+        ) {
+            let mut lines = vec![vec![cs[0].clone()]];
+            for (c, new_line) in cs[1..].iter().zip(&breaks) {
+                if *new_line {
+                    lines.push(Vec::new());
+                }
+                lines.last_mut().expect("a line").push(c.clone());
+            }
+            let mut answer = String::from("HTTP/1.1 407 Proxy Authentication Required\r\n");
+            for line in &lines {
+                answer.push_str(&format!("Proxy-Authenticate: {}\r\n", render_all(line)));
+            }
+            answer.push_str("Content-Length: 0\r\n\r\n");
+            let bytes = answer.as_bytes();
+            for k in 0..=bytes.len() {
+                match crate::connect::parse_answer(&bytes[..k]) {
+                    Ok(crate::connect::Answer::Partial) => prop_assert!(k < bytes.len(), "cut {}", k),
+                    Ok(crate::connect::Answer::Complete(head)) => {
+                        prop_assert_eq!(k, bytes.len());
+                        let values: Vec<&str> = head.challenges.iter().map(String::as_str).collect();
+                        prop_assert_eq!(&parse(&values), &cs);
+                    }
+                    Err(e) => return Err(TestCaseError::fail(format!("cut {k}: {e}"))),
+                }
+            }
+        }
+
         #[test]
         fn parse_after_render_is_identity(cs in prop::collection::vec(challenge(), 1..5)) {
             let one: Vec<Challenge> = cs.iter().flat_map(|c| parse(&[&render(c)])).collect();

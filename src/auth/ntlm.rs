@@ -1014,6 +1014,69 @@ mod tests {
         fn parse_after_render_is_identity(c in challenge2()) {
             prop_assert_eq!(parse_challenge(&c.to_bytes()).unwrap(), c);
         }
+
+        /// A message cut short at any byte never yields a byte that was not
+        /// in it: it is refused, or it is the same challenge except that a
+        /// target name, a version or (in an old-style header) a target info
+        /// that no longer fits is left out. Bytes
+        /// after the message (padding, junk) change nothing.
+        #[test]
+        fn a_challenge_cut_anywhere_or_padded_reads_nothing_more(
+            c in challenge2(),
+            junk in prop::collection::vec(any::<u8>(), 0..64),
+        ) {
+            let m = c.to_bytes();
+            for k in 0..m.len() {
+                match parse_challenge(&m[..k]) {
+                    Err(_) => {}
+                    Ok(got) => {
+                        prop_assert_eq!(got.flags, c.flags, "cut {}", k);
+                        prop_assert_eq!(got.server_challenge, c.server_challenge, "cut {}", k);
+                        // Cut before byte 48 it reads as the old 40-byte
+                        // header, without target info fields.
+                        prop_assert!(got.target_info == c.target_info || (got.target_info.is_empty() && k < 48), "cut {}", k);
+                        prop_assert!(got.target_name == c.target_name || got.target_name.is_empty(), "cut {}", k);
+                        prop_assert!(got.version == c.version || got.version.is_none(), "cut {}", k);
+                        prop_assert!(got.target_name.len() + got.target_info.len() <= k);
+                    }
+                }
+            }
+            let mut padded = m.clone();
+            padded.extend_from_slice(&junk);
+            prop_assert_eq!(parse_challenge(&padded), Ok(c));
+        }
+
+        /// The cap: a target info up to [`MAX_TARGET_INFO`] bytes is read,
+        /// a longer one refused.
+        #[test]
+        fn target_info_is_read_up_to_its_cap_only(
+            c in challenge2(),
+            pairs in 28usize..36,
+            last in 0usize..256,
+            fill in any::<u8>(),
+        ) {
+            // `pairs` AV pairs of 255-byte values and one of `last` bytes
+            // (id 10, any value), then MsvAvEOL: from about 7 to 9 KiB.
+            let mut info = Vec::new();
+            for v in std::iter::repeat(255).take(pairs).chain([last]) {
+                info.extend_from_slice(&10u16.to_le_bytes());
+                info.extend_from_slice(&(v as u16).to_le_bytes());
+                info.resize(info.len() + v, fill);
+            }
+            info.extend_from_slice(&[0; 4]);
+            let len = info.len();
+            let big = Challenge2 { target_info: info.clone(), ..c };
+            match parse_challenge(&big.to_bytes()) {
+                Ok(got) => {
+                    prop_assert!(len <= MAX_TARGET_INFO, "{} bytes of target info read", len);
+                    prop_assert_eq!(got.target_info, info);
+                }
+                Err(e) => {
+                    prop_assert!(len > MAX_TARGET_INFO, "{} bytes refused: {:?}", len, e);
+                    prop_assert_eq!(e, Error::TooLong("target info"));
+                }
+            }
+        }
     }
 
     /// squid's ntlm_fake_auth sends an old-style challenge: a 40-byte header

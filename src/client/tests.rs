@@ -325,6 +325,33 @@ fn protocol() -> impl Strategy<Value = Protocol> {
     prop_oneof![Just(Protocol::Socks), Just(Protocol::Http)]
 }
 
+/// Every result's client-bound stream extends the one of every prefix of
+/// `bytes`, and once a result is not Partial, more bytes never change it.
+fn check_prefix_consistent(protocol: Protocol, bytes: &[u8]) -> Result<(), TestCaseError> {
+    let last = parse(protocol, bytes);
+    let last_stream = stream(&last);
+    let mut settled: Option<Parse> = None;
+    for cut in 0..=bytes.len() {
+        let now = parse(protocol, &bytes[..cut]);
+        prop_assert!(
+            last_stream.starts_with(&stream(&now)),
+            "cut {}: {:?} then {:?}",
+            cut,
+            now,
+            last
+        );
+        if let Some(settled) = &settled {
+            prop_assert_eq!(settled, &now, "cut {}", cut);
+        } else if !matches!(now, Parse::Partial { .. }) {
+            if let Parse::Complete(request) = &now {
+                prop_assert!(request.head_len <= cut);
+            }
+            settled = Some(now);
+        }
+    }
+    Ok(())
+}
+
 /// Bytes that look like the start of a request often enough to go deep.
 fn request_like_bytes() -> impl Strategy<Value = Vec<u8>> {
     let prefix = prop_oneof![
@@ -363,20 +390,67 @@ proptest! {
     /// and once a result is not Partial, more bytes never change it.
     #[test]
     fn results_are_prefix_consistent(protocol in protocol(), bytes in request_like_bytes()) {
-        let last = parse(protocol, &bytes);
-        let last_stream = stream(&last);
-        let mut settled: Option<Parse> = None;
-        for cut in 0..=bytes.len() {
-            let now = parse(protocol, &bytes[..cut]);
-            prop_assert!(last_stream.starts_with(&stream(&now)), "cut {}: {:?} then {:?}", cut, now, last);
-            if let Some(settled) = &settled {
-                prop_assert_eq!(settled, &now, "cut {}", cut);
-            } else if !matches!(now, Parse::Partial { .. }) {
-                if let Parse::Complete(request) = &now {
-                    prop_assert!(request.head_len <= cut);
-                }
-                settled = Some(now);
-            }
+        check_prefix_consistent(protocol, &bytes)?;
+    }
+
+    /// The same for arbitrary bytes, cut at every byte. The tunnel parses
+    /// everything received so far after each read, so this covers any way
+    /// of cutting the input into reads.
+    #[test]
+    fn arbitrary_bytes_are_prefix_consistent(protocol in protocol(), bytes in prop::collection::vec(any::<u8>(), 0..400)) {
+        check_prefix_consistent(protocol, &bytes)?;
+    }
+}
+
+proptest! {
+    // Inputs of 16 KiB, parsed a few dozen times each: fewer cases.
+    #![proptest_config(ProptestConfig::with_cases(48))]
+
+    /// The cap: nothing past [`MAX_REQUEST`] bytes is looked at (whatever
+    /// follows them, the result is the same), a request still incomplete at
+    /// the cap is refused rather than left waiting for more, and a complete
+    /// one ends within it. Half-open heads of every kind: an HTTP head
+    /// without its blank line (one endless header, or many), SOCKS 5 and
+    /// 4a requests whose strings never end.
+    #[test]
+    fn nothing_past_max_request_is_looked_at(
+        (protocol, start) in prop_oneof![
+            Just((Protocol::Http, b"CONNECT a.example:1 HTTP/1.1\r\nHost: ".to_vec())),
+            Just((Protocol::Http, b"CONNECT a.example:1 HTTP/1.1\r\n".to_vec())),
+            Just((Protocol::Http, b"CONNECT ".to_vec())),
+            Just((Protocol::Socks, vec![5, 1, 0, 5, 1, 0, 3, 255])),
+            Just((Protocol::Socks, vec![4, 1, 0, 80, 0, 0, 0, 1])),
+            Just((Protocol::Socks, vec![4, 1, 0, 80, 0, 0, 0, 1, b'u', 0])),
+        ],
+        filler in prop_oneof![Just(&b"a"[..]), Just(&b"X-A: b\r\n"[..]), Just(&b" "[..])],
+        len in MAX_REQUEST - 4..MAX_REQUEST + 4,
+        end in prop_oneof![Just(&b""[..]), Just(&b"\r\n\r\n"[..]), Just(&b"\0"[..])],
+        tail in prop::collection::vec(any::<u8>(), 0..64),
+        other in prop::collection::vec(any::<u8>(), 0..64),
+    ) {
+        let mut bytes = start;
+        while bytes.len() < len {
+            bytes.extend_from_slice(filler);
+        }
+        bytes.truncate(len);
+        bytes.extend_from_slice(end);
+        bytes.extend_from_slice(&tail);
+        let whole = parse(protocol, &bytes);
+        if bytes.len() >= MAX_REQUEST {
+            prop_assert!(!matches!(whole, Parse::Partial { .. }), "still Partial at {} bytes", bytes.len());
+            let mut changed = bytes[..MAX_REQUEST].to_vec();
+            changed.extend_from_slice(&other);
+            prop_assert_eq!(parse(protocol, &changed), whole.clone());
+        }
+        if let Parse::Complete(request) = &whole {
+            prop_assert!(request.head_len <= MAX_REQUEST);
+        }
+        // And prefixes agree with the whole near the cap.
+        let last_stream = stream(&whole);
+        for cut in (MAX_REQUEST - 8..=bytes.len()).chain([0, 1, 9, bytes.len() / 2]) {
+            let now = parse(protocol, &bytes[..cut.min(bytes.len())]);
+            prop_assert!(last_stream.starts_with(&stream(&now)), "cut {}: {:?} then {:?}", cut, now, whole);
+            prop_assert!(matches!(now, Parse::Partial { .. }) || now == whole, "cut {}: {:?} then {:?}", cut, now, whole);
         }
     }
 

@@ -851,6 +851,42 @@ mod tests {
             prop_assert_eq!(again.to_string(), printed);
         }
 
+        /// The file cut at any character: the complete lines before the cut
+        /// give exactly the entries and errors they give in the whole file
+        /// (an error never lands on an earlier line because of a later
+        /// one, and a line is never read past its end); only the cut line
+        /// and the file as a whole (no entry at all) may differ. The loader
+        /// reads the file whole, so this is what "however it is cut" means
+        /// for a config.
+        #[test]
+        fn complete_lines_parse_the_same_wherever_the_file_is_cut(text in file()) {
+            let whole = parse(&text);
+            let cuts: Vec<usize> = (0..=text.len()).filter(|&k| text.is_char_boundary(k)).collect();
+            for k in cuts {
+                let prefix = &text[..k];
+                // The cut falls in line `cut_line`; lines before it are whole.
+                let cut_line = prefix.matches('\n').count() + 1;
+                let now = parse(prefix);
+                let errors = |r: &Result<Config, Vec<Error>>| -> Vec<(usize, String)> {
+                    match r {
+                        Ok(_) => Vec::new(),
+                        Err(es) => es
+                            .iter()
+                            .filter(|e| e.line != 0 && e.line < cut_line)
+                            .map(|e| (e.line, e.message.clone()))
+                            .collect(),
+                    }
+                };
+                prop_assert_eq!(errors(&now), errors(&whole), "cut {} of {:?}", k, text);
+                if let (Ok(now), Ok(whole)) = (&now, &whole) {
+                    let before = |c: &Config| -> Vec<String> {
+                        c.entries.iter().filter(|e| e.line < cut_line).map(|e| format!("{}:{e}", e.line)).collect()
+                    };
+                    prop_assert_eq!(before(now), before(whole), "cut {} of {:?}", k, text);
+                }
+            }
+        }
+
         #[test]
         fn valid_entries_round_trip_through_display(text in file()) {
             match parse(&text) {

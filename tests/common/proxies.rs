@@ -270,6 +270,13 @@ pub struct RealProxy {
     /// squid's service name (`-n`), which names its shared-memory segments;
     /// unique so that several squids (ours or the system's) never share them.
     service: String,
+    /// How it was started, for [`RealProxy::restart`]: program, arguments,
+    /// environment, the log it writes and the line that says it is ready.
+    program: std::ffi::OsString,
+    args: Vec<std::ffi::OsString>,
+    envs: Vec<(std::ffi::OsString, std::ffi::OsString)>,
+    log_name: String,
+    ready: String,
 }
 
 impl RealProxy {
@@ -550,7 +557,14 @@ impl RealProxy {
             let port = free_port();
             let _ = fs::remove_file(&log);
             write_readable(&conf, &config(port));
-            let child = command(&conf)
+            let mut cmd = command(&conf);
+            let program = cmd.get_program().to_owned();
+            let args = cmd.get_args().map(|a| a.to_owned()).collect();
+            let envs = cmd
+                .get_envs()
+                .filter_map(|(k, v)| Some((k.to_owned(), v?.to_owned())))
+                .collect();
+            let child = cmd
                 .stdin(Stdio::null())
                 .stdout(fs::File::create(dir.join("stdout")).expect("create stdout file"))
                 .stderr(fs::File::create(dir.join("stderr")).expect("create stderr file"))
@@ -562,6 +576,11 @@ impl RealProxy {
                 dir: dir.clone(),
                 child,
                 service: service.clone(),
+                program,
+                args,
+                envs,
+                log_name: log_name.to_owned(),
+                ready: ready.to_owned(),
             };
             match proxy.wait_ready(&log, ready) {
                 Ok(()) => return proxy,
@@ -627,6 +646,54 @@ impl RealProxy {
     /// The proxy's process id.
     pub fn pid(&self) -> u32 {
         self.child.id()
+    }
+
+    /// Kills the proxy with SIGKILL, by its PID (this child only), and
+    /// reaps it: its connections die with it, as in a crash.
+    pub fn kill(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        if self.kind == Kind::Squid {
+            remove_shm_segments(&self.service);
+        }
+    }
+
+    /// Starts the proxy again after [`RealProxy::kill`], on the same port
+    /// with the same configuration, and waits until it accepts. A port
+    /// still held for a moment by the dead process is retried for up to
+    /// [`START_TIMEOUT`].
+    pub fn restart(&mut self) {
+        let log = self.dir.join(&self.log_name);
+        let deadline = Instant::now() + START_TIMEOUT;
+        loop {
+            let _ = fs::remove_file(&log);
+            self.child = Command::new(&self.program)
+                .args(&self.args)
+                .envs(self.envs.iter().map(|(k, v)| (k, v)))
+                .stdin(Stdio::null())
+                .stdout(fs::File::create(self.dir.join("stdout")).expect("create stdout file"))
+                .stderr(fs::File::create(self.dir.join("stderr")).expect("create stderr file"))
+                .spawn()
+                .unwrap_or_else(|e| panic!("spawn {}: {e}", self.kind.program()));
+            let ready = self.ready.clone();
+            match self.wait_ready(&log, &ready) {
+                Ok(()) => return,
+                Err(StartFailure::Exited(status)) if Instant::now() < deadline => {
+                    eprintln!(
+                        "note: {} exited ({status}) at restart on {}; retrying",
+                        self.kind.program(),
+                        self.addr
+                    );
+                    thread::sleep(Duration::from_millis(100));
+                }
+                Err(_) => panic!(
+                    "{} did not restart on {}\n{}",
+                    self.kind.program(),
+                    self.addr,
+                    self.logs()
+                ),
+            }
+        }
     }
 
     /// The proxy's own log: tinyproxy's log file, or squid's access log
