@@ -894,16 +894,17 @@ fn median(v: &mut [f64]) -> f64 {
     }
 }
 
-/// Opens 100 tunnels one after the other through squid for each scheme
+/// Opens 1000 tunnels one after the other through squid for each scheme
 /// (`auto` with credentials, so the first tunnel discovers the scheme and
 /// the others start from what was learnt), and prints the handshake time of
-/// the first tunnel, the median of the other 99, and the 407s squid sent,
+/// the first tunnel, the median of the others, the 407s squid sent and the
+/// forwarder's CPU per tunnel after the first,
 /// for the note. Release numbers: `cargo test --release --test auth_real
 /// measure_handshake_times -- --ignored --nocapture`.
 #[test]
 #[ignore]
 fn measure_handshake_times() {
-    const TUNNELS: usize = 100;
+    const TUNNELS: usize = 1000;
     let mut rows = Vec::new();
     for (name, schemes) in [
         ("none", &[][..]),
@@ -926,7 +927,11 @@ fn measure_handshake_times() {
         let (run, port) = forwarder(backend.addr, squid.port(), &options, &[]);
         let mut times = Vec::new();
         let mut denied_after_first = 0;
+        let mut cpu_before = None;
         for i in 1..=TUNNELS {
+            if i == 2 {
+                cpu_before = Some(cpu_time(run.pid()));
+            }
             let mut client = connect_port(port);
             client.write_all(b"x").expect("write");
             let mut b = [0u8; 1];
@@ -942,6 +947,9 @@ fn measure_handshake_times() {
             }
         }
         wait_access(&squid, "TCP_TUNNEL/200", TUNNELS);
+        let _ = run.wait_log_count(": closed ", TUNNELS, IO_TIMEOUT);
+        let cpu = cpu_time(run.pid()).saturating_sub(cpu_before.unwrap_or_default());
+        let cpu_us = cpu.as_secs_f64() * 1e6 / (TUNNELS - 1) as f64;
         let denied = access_count(&squid, "TCP_DENIED/407");
         let first = times[0];
         let rest = median(&mut times[1..]);
@@ -952,7 +960,7 @@ fn measure_handshake_times() {
             .unwrap_or_else(|| "-".into());
         rows.push(format!(
             "{name:>6}: first tunnel {:>8.0}us ({} x 407), median of the next {}: {:>8.0}us \
-             ({:.2} x 407 per tunnel), open line says auth {scheme}",
+             ({:.2} x 407 per tunnel), forwarder CPU {cpu_us:>5.0}us per tunnel, open line says auth {scheme}",
             first,
             denied_after_first,
             TUNNELS - 1,
