@@ -266,24 +266,11 @@ fn chaos_socket(s: &TcpStream) {
 
 /// Reads until EOF or an error; the count, the digest, and the error.
 fn drain(r: &mut TcpStream) -> (u64, Sha, Option<io::Error>) {
-    use sha2::{Digest, Sha256};
-    let mut hasher = Sha256::new();
-    let mut buf = vec![0; 64 * 1024];
-    let mut total = 0u64;
-    loop {
-        match r.read(&mut buf) {
-            Ok(0) => return (total, hasher.finalize().into(), None),
-            Ok(n) => {
-                hasher.update(&buf[..n]);
-                total += n as u64;
-            }
-            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-            Err(e) => return (total, hasher.finalize().into(), Some(e)),
-        }
-    }
+    drain_counting(r, Arc::new(AtomicU64::new(0)))
 }
 
-/// [`drain`], adding every byte read to `seen` as it comes.
+/// Reads until EOF or an error, adding every byte read to `seen` as it
+/// comes; the count, the digest, and the error.
 fn drain_counting(r: &mut TcpStream, seen: Arc<AtomicU64>) -> (u64, Sha, Option<io::Error>) {
     use sha2::{Digest, Sha256};
     let mut hasher = Sha256::new();
