@@ -919,7 +919,7 @@ fn a_407_with_a_2_mib_body_ends_with_one_clear_line_and_bounded_memory() {
         let line = &lines[i];
         assert!(
             line.contains(" WARN ")
-                && line.contains("407")
+                && line.contains("HTTP/1.1 407 ")
                 && line.contains("its body is over 1 MiB"),
             "{what}: one clear line: {line}\n{}",
             setup.what_happened()

@@ -1773,7 +1773,7 @@ fn squid_refusing_our_credentials_is_socks5_reply_1_and_an_http_502_quoting_it()
     assert!(
         lines
             .iter()
-            .all(|l| l.contains("407") && !l.contains("wrong-password")),
+            .all(|l| l.contains("HTTP/1.1 407 ") && !l.contains("wrong-password")),
         "{lines:#?}"
     );
 }

@@ -339,7 +339,7 @@ fn status_407_with_a_basic_password_never_logs_the_password() {
           denied",
         "auth=alice:S3cretPw auth-scheme=basic",
     );
-    assert!(line.contains("407"), "{line}");
+    assert!(line.contains("HTTP/1.1 407 "), "{line}");
     assert!(
         line.to_lowercase().contains("basic"),
         "names the scheme: {line}"
@@ -439,7 +439,7 @@ fn answer_head_over_16384_bytes_fails_without_waiting_for_the_timeout() {
         let failed = setup
             .ht
             .wait_log_count("failed:", n, Duration::from_secs(5));
-        assert!(failed[n - 1].contains("16384"), "{}", failed[n - 1]);
+        assert!(failed[n - 1].contains("16384 bytes"), "{}", failed[n - 1]);
     }
     // Exactly at the limit is fine.
     assert_echo(setup.port, 31, 64 * 1024);

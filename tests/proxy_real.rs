@@ -595,7 +595,7 @@ fn squid_wrong_password_closes_the_client_with_one_clear_line() {
         Duration::from_secs(20),
         "client of a refused tunnel",
     );
-    let line = run.wait_log("407", IO_TIMEOUT);
+    let line = run.wait_log("HTTP/1.1 407 ", IO_TIMEOUT);
     assert!(
         line.contains("credentials") && line.contains("Basic"),
         "the 407 line is about the credentials and names the scheme: {line}"
@@ -610,8 +610,8 @@ fn squid_wrong_password_closes_the_client_with_one_clear_line() {
     // the first did not leave a retry loop behind.
     let mut second = connect_port(port);
     expect_closed(&mut second, Duration::from_secs(20), "second client");
-    run.wait_log_count("407", 2, IO_TIMEOUT);
-    let lines = run.log_lines("407");
+    run.wait_log_count("HTTP/1.1 407 ", 2, IO_TIMEOUT);
+    let lines = run.log_lines("HTTP/1.1 407 ");
     assert_eq!(
         lines.len(),
         2,
@@ -644,11 +644,11 @@ fn squid_without_credentials_says_the_proxy_wants_them() {
         Duration::from_secs(20),
         "client of a refused tunnel",
     );
-    let line = run.wait_log("407", IO_TIMEOUT);
+    let line = run.wait_log("HTTP/1.1 407 ", IO_TIMEOUT);
     assert!(
         line.contains("wants credentials") && line.contains("Basic"),
         "the 407 line says the proxy wants credentials and offers Basic: {line}"
     );
-    assert_eq!(run.log_lines("407").len(), 1, "{}", run.log());
+    assert_eq!(run.log_lines("HTTP/1.1 407 ").len(), 1, "{}", run.log());
     assert_eq!(backend.accepted(), 0, "nothing reached the destination");
 }
