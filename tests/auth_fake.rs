@@ -604,6 +604,30 @@ fn proxy_closing_after_its_407_is_answered_on_a_new_connection() {
             &format!("{version}: the Digest answer on the new connection"),
             &setup,
         );
+        // The debug lines name every state the tunnel went through, the
+        // state left included (not a placeholder it was rebuilt from).
+        setup.ht.wait_log(": closed ", IO_TIMEOUT);
+        let transitions: Vec<String> = setup
+            .ht
+            .log_lines(" => ")
+            .iter()
+            .filter_map(|l| l.rsplit(": ").next().map(str::to_owned))
+            .collect();
+        assert_eq!(
+            transitions,
+            [
+                "Accepting => Dialing",
+                "Dialing => SentConnect",
+                "SentConnect => ReadingHeaders",
+                "ReadingHeaders => Dialing",
+                "Dialing => SentConnect",
+                "SentConnect => ReadingHeaders",
+                "ReadingHeaders => Forwarding",
+                "Forwarding => Closing",
+            ],
+            "{version}: the transitions\n{}",
+            setup.ht.log()
+        );
     }
 }
 

@@ -166,18 +166,37 @@ pub enum State {
     Closing(Reason),
 }
 
-impl fmt::Display for State {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(match self {
-            State::Accepting { .. } => "Accepting",
-            State::Dialing { .. } => "Dialing",
-            State::SentConnect(_) => "SentConnect",
-            State::ReadingHeaders(_) => "ReadingHeaders",
-            State::Forwarding => "Forwarding",
-            State::Closing(_) => "Closing",
-        })
+impl State {
+    /// The states' names, by `index`.
+    const NAMES: [&'static str; 6] = [
+        "Accepting",
+        "Dialing",
+        "SentConnect",
+        "ReadingHeaders",
+        "Forwarding",
+        "Closing",
+    ];
+
+    fn index(&self) -> u8 {
+        match self {
+            State::Accepting { .. } => 0,
+            State::Dialing { .. } => 1,
+            State::SentConnect(_) => 2,
+            State::ReadingHeaders(_) => 3,
+            State::Forwarding => 4,
+            State::Closing(_) => 5,
+        }
     }
 }
+
+impl fmt::Display for State {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(State::NAMES[self.index() as usize])
+    }
+}
+
+/// `Tunnel::taken` when no state is taken out.
+const NOT_TAKEN: u8 = u8::MAX;
 
 /// What the reactor should do with a tunnel after driving it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -245,6 +264,9 @@ pub struct Tunnel {
     first_closed: Option<Side>,
     /// The route (path index) being tried or used.
     path: u8,
+    /// The index of the state `take_state` moved out (`NOT_TAKEN`: none),
+    /// so that the next transition's debug line names it.
+    taken: u8,
     /// The routes still to try (bit set of path indices), the current one
     /// included.
     remaining: u64,
@@ -299,6 +321,7 @@ impl Tunnel {
             max_idle: Duration::ZERO,
             first_closed: None,
             path,
+            taken: NOT_TAKEN,
             remaining,
             lookups: 0,
             dest: None,
@@ -376,8 +399,25 @@ impl Tunnel {
     }
 
     fn set_state(&mut self, next: State) {
-        debug!("{}: {} => {}", self.prefix(), self.state, next);
+        let from = match std::mem::replace(&mut self.taken, NOT_TAKEN) {
+            NOT_TAKEN => self.state.index(),
+            taken => taken,
+        };
+        debug!(
+            "{}: {} => {}",
+            self.prefix(),
+            State::NAMES[from as usize],
+            next
+        );
         self.state = next;
+    }
+
+    /// Moves the state out, to be rebuilt from its parts, leaving
+    /// `placeholder` meanwhile; `set_state` then logs the transition from
+    /// the state taken, not from the placeholder.
+    fn take_state(&mut self, placeholder: State) -> State {
+        self.taken = self.state.index();
+        std::mem::replace(&mut self.state, placeholder)
     }
 
     /// Ends the attempt: the route is at fault (another may be tried).

@@ -188,13 +188,12 @@ impl Tunnel {
                 Err(e) => Some(e),
             },
         };
-        let placeholder = State::Closing(Reason::Shutdown);
         let State::Dialing {
             deadline,
             addrs,
             next,
             resume,
-        } = std::mem::replace(&mut self.state, placeholder)
+        } = self.take_state(State::Closing(Reason::Shutdown))
         else {
             return Progress::Idle;
         };
@@ -396,8 +395,7 @@ impl Tunnel {
         if sending.written < sending.request.len() {
             return Progress::Idle;
         }
-        let State::SentConnect(sending) = std::mem::replace(&mut self.state, State::Forwarding)
-        else {
+        let State::SentConnect(sending) = self.take_state(State::Forwarding) else {
             return Progress::Idle;
         };
         let Sending {
@@ -517,9 +515,7 @@ impl Tunnel {
                     self.prefix()
                 );
             }
-            let State::ReadingHeaders(reading) =
-                std::mem::replace(&mut self.state, State::Forwarding)
-            else {
+            let State::ReadingHeaders(reading) = self.take_state(State::Forwarding) else {
                 return Step::Done(Progress::Idle);
             };
             let Reading {
@@ -562,9 +558,7 @@ impl Tunnel {
         let hops = &route.paths[self.path as usize].hops;
         let hop = &hops[reading.stage.hop];
         if connect::is_success(head.status) {
-            let State::ReadingHeaders(reading) =
-                std::mem::replace(&mut self.state, State::Forwarding)
-            else {
+            let State::ReadingHeaders(reading) = self.take_state(State::Forwarding) else {
                 return Step::Done(Progress::Idle);
             };
             let Reading {
@@ -686,8 +680,8 @@ impl Tunnel {
             .upstream
             .as_ref()
             .and_then(|u| u.io.tcp().peer_addr().ok());
-        let placeholder = State::Closing(Reason::Shutdown);
-        let State::ReadingHeaders(reading) = std::mem::replace(&mut self.state, placeholder) else {
+        let State::ReadingHeaders(reading) = self.take_state(State::Closing(Reason::Shutdown))
+        else {
             return Progress::Idle;
         };
         let Reading {
