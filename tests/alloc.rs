@@ -189,19 +189,43 @@ fn one_tunnel(addr: SocketAddr) {
     assert_eq!(s.read_to_end(&mut rest).unwrap(), 0, "EOF after the reply");
 }
 
-/// Waits until the engine has closed every tunnel (its descriptors gone):
-/// the client's EOF comes before the engine's close of its side.
-fn settle() {
-    thread::sleep(Duration::from_millis(200));
+/// The sockets this process holds (the engine's, the backend's and the
+/// proxy's), or `None` where `/proc/self/fd` cannot be read.
+fn sockets() -> Option<usize> {
+    let dir = std::fs::read_dir("/proc/self/fd").ok()?;
+    Some(
+        dir.filter_map(|e| std::fs::read_link(e.ok()?.path()).ok())
+            .filter(|target| target.to_string_lossy().starts_with("socket:"))
+            .count(),
+    )
 }
 
-fn allocations_for(addr: SocketAddr, tunnels: u64) -> u64 {
-    settle();
+/// Waits until every tunnel is closed on all sides, the engine's included
+/// (the client's EOF comes before the engine closes its side): the
+/// process is back to the `idle` sockets it held before any tunnel.
+fn settle(idle: Option<usize>) {
+    let (Some(idle), Some(_)) = (idle, sockets()) else {
+        thread::sleep(Duration::from_millis(200));
+        return;
+    };
+    let start = std::time::Instant::now();
+    while sockets().is_some_and(|n| n > idle) {
+        assert!(
+            start.elapsed() < TIMEOUT,
+            "tunnels still open after {TIMEOUT:?}: {:?} sockets, {idle} when idle",
+            sockets()
+        );
+        thread::sleep(Duration::from_millis(2));
+    }
+}
+
+fn allocations_for(addr: SocketAddr, tunnels: u64, idle: Option<usize>) -> u64 {
+    settle(idle);
     let before = ALLOCS.load(Ordering::Relaxed);
     for _ in 0..tunnels {
         one_tunnel(addr);
     }
-    settle();
+    settle(idle);
     ALLOCS.load(Ordering::Relaxed) - before
 }
 
@@ -222,6 +246,8 @@ fn a_tunnel_allocates_a_constant_small_number_of_times() {
         engine.run().expect("engine runs");
     });
     let (addrs, handle) = rx.recv_timeout(TIMEOUT).expect("engine started");
+    // The sockets held before any tunnel (the listeners and the like).
+    let idle = sockets();
     let mut report = Vec::new();
     for (name, addr, max) in [
         ("direct", addrs[0], MAX_DIRECT),
@@ -229,9 +255,9 @@ fn a_tunnel_allocates_a_constant_small_number_of_times() {
     ] {
         // Warm-up: the slab, the timer heap, the queues and the log buffer
         // grow once.
-        allocations_for(addr, 200);
-        let small = allocations_for(addr, 100);
-        let large = allocations_for(addr, 400);
+        allocations_for(addr, 200, idle);
+        let small = allocations_for(addr, 100, idle);
+        let large = allocations_for(addr, 400, idle);
         report.push(format!(
             "{name}: {small} allocations for 100 tunnels, {large} for 400 ({:.2} per tunnel)",
             large as f64 / 400.0
