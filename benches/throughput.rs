@@ -33,7 +33,7 @@ use std::sync::{mpsc, Arc, Barrier, Mutex};
 use std::thread::{self, JoinHandle};
 use std::time::{Duration, Instant};
 
-use httptunneling::config::{AuthScheme, Config, Dest, Entry, HostPort, Options, Proxy, RouteSpec};
+use httptunneling::config::{self, Config, Entry, Options};
 use httptunneling::{Engine, EngineOptions, Handle};
 
 /// Read and write timeout on every socket the bench owns: nothing can hang.
@@ -346,39 +346,25 @@ fn dial(path: Path) -> TcpStream {
     }
 }
 
-fn host_port(addr: SocketAddr) -> HostPort {
-    HostPort {
-        host: addr.ip().to_string(),
-        port: addr.port(),
-    }
-}
-
-/// An entry listening on an ephemeral loopback port.
+/// The entry of config line `line` (the earlier lines left empty): DEST,
+/// through PROXY if given, with `buffer=BUFFER` and the grammar's other
+/// defaults, parsed as the binary parses a file, then listening on an
+/// ephemeral loopback port.
 fn entry(line: usize, dest: SocketAddr, proxy: Option<SocketAddr>, buffer: usize) -> Entry {
-    Entry {
-        line,
-        listen: "127.0.0.1:0".parse().expect("literal socket address"),
-        dest: Dest::Fixed(host_port(dest)),
-        routes: vec![RouteSpec {
-            hops: proxy
-                .map(|p| Proxy {
-                    addr: host_port(p),
-                    tls: false,
-                    credentials: None,
-                    auth_file: None,
-                    auth_scheme: AuthScheme::Auto,
-                    headers: Vec::new(),
-                })
-                .into_iter()
-                .collect(),
-        }],
-        env: None,
-        allow: Vec::new(),
-        options: Options {
-            buffer,
-            ..Options::default()
-        },
-    }
+    let via = proxy.map_or(String::new(), |p| format!(" {} {}", p.ip(), p.port()));
+    let text = format!(
+        "{}127.0.0.1:1 {} {}{via} buffer={buffer}\n",
+        "\n".repeat(line - 1),
+        dest.ip(),
+        dest.port()
+    );
+    let mut no_files = |_: &std::path::Path| Err(io::Error::other("no files here"));
+    let dir = std::path::Path::new(".");
+    let mut config = config::parse_str(&text, "bench", dir, &mut no_files)
+        .unwrap_or_else(|e| panic!("{text:?}: {e:?}"));
+    let mut entry = config.entries.remove(0);
+    entry.listen = "127.0.0.1:0".parse().expect("literal socket address");
+    entry
 }
 
 /// An engine running on its own thread.

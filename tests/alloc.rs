@@ -16,12 +16,13 @@ use std::alloc::{GlobalAlloc, Layout, System};
 use std::cell::Cell;
 use std::io::{self, Read, Write};
 use std::net::{Shutdown, SocketAddr, TcpListener, TcpStream};
+use std::path::Path;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{mpsc, Once};
 use std::thread;
 use std::time::Duration;
 
-use httptunneling::config::{AuthScheme, Config, Dest, Entry, HostPort, Options, Proxy, RouteSpec};
+use httptunneling::config::{self, Config, Entry};
 use httptunneling::{logsink, Engine, EngineOptions};
 
 /// Most heap allocations one tunnel may make on the reactor thread, from
@@ -72,35 +73,23 @@ static GLOBAL: Counting = Counting;
 
 const TIMEOUT: Duration = Duration::from_secs(10);
 
-fn host_port(addr: SocketAddr) -> HostPort {
-    HostPort {
-        host: addr.ip().to_string(),
-        port: addr.port(),
-    }
-}
-
+/// The entry of config line `line` (the earlier lines left empty): DEST,
+/// through PROXY if given, with the grammar's defaults, parsed as the
+/// binary parses a file, then listening on an ephemeral loopback port.
 fn entry(line: usize, dest: SocketAddr, proxy: Option<SocketAddr>) -> Entry {
-    Entry {
-        line,
-        listen: "127.0.0.1:0".parse().unwrap(),
-        dest: Dest::Fixed(host_port(dest)),
-        routes: vec![RouteSpec {
-            hops: proxy
-                .map(|p| Proxy {
-                    addr: host_port(p),
-                    tls: false,
-                    credentials: None,
-                    auth_file: None,
-                    auth_scheme: AuthScheme::Auto,
-                    headers: Vec::new(),
-                })
-                .into_iter()
-                .collect(),
-        }],
-        env: None,
-        allow: Vec::new(),
-        options: Options::default(),
-    }
+    let via = proxy.map_or(String::new(), |p| format!(" {} {}", p.ip(), p.port()));
+    let text = format!(
+        "{}127.0.0.1:1 {} {}{via}\n",
+        "\n".repeat(line - 1),
+        dest.ip(),
+        dest.port()
+    );
+    let mut no_files = |_: &Path| Err(io::Error::other("no files here"));
+    let mut config = config::parse_str(&text, "alloc", Path::new("."), &mut no_files)
+        .unwrap_or_else(|e| panic!("{text:?}: {e:?}"));
+    let mut entry = config.entries.remove(0);
+    entry.listen = "127.0.0.1:0".parse().unwrap();
+    entry
 }
 
 /// Logging as the binary sets it up, once per process.

@@ -33,7 +33,7 @@ mod basics {
 /// sockets and a real `Poll` (no reactor): the state machine on its own.
 mod state_tests {
     use super::super::*;
-    use crate::config::{AuthScheme, Dest, Entry, HostPort, Options, Proxy, RouteSpec};
+    use crate::config::{Dest, Entry, HostPort, Options};
     use mio::Interest;
     use mio::{Events, Poll};
     use std::io::{Read, Write};
@@ -52,32 +52,18 @@ mod state_tests {
         tunnel: Tunnel,
     }
 
+    /// The entry of the config line `127.0.0.1:1 DEST [PROXY]`, parsed as
+    /// the binary parses a file, with `options`.
     fn entry(dest: SocketAddr, proxy: Option<SocketAddr>, options: Options) -> Entry {
-        let hop = |a: SocketAddr| HostPort {
-            host: a.ip().to_string(),
-            port: a.port(),
-        };
-        Entry {
-            line: 1,
-            listen: "127.0.0.1:1".parse().unwrap(),
-            dest: Dest::Fixed(hop(dest)),
-            routes: vec![RouteSpec {
-                hops: proxy
-                    .map(|p| Proxy {
-                        addr: hop(p),
-                        tls: false,
-                        credentials: None,
-                        auth_file: None,
-                        auth_scheme: AuthScheme::Auto,
-                        headers: Vec::new(),
-                    })
-                    .into_iter()
-                    .collect(),
-            }],
-            env: None,
-            allow: Vec::new(),
-            options,
-        }
+        let via = proxy.map_or(String::new(), |p| format!(" {} {}", p.ip(), p.port()));
+        let text = format!("127.0.0.1:1 {} {}{via}\n", dest.ip(), dest.port());
+        let mut no_files = |_: &std::path::Path| Err(std::io::Error::other("no files here"));
+        let dir = std::path::Path::new(".");
+        let mut config = crate::config::parse_str(&text, "test", dir, &mut no_files)
+            .unwrap_or_else(|e| panic!("{text:?}: {e:?}"));
+        let mut entry = config.entries.remove(0);
+        entry.options = options;
+        entry
     }
 
     fn fixture(entry: Entry) -> Fixture {
