@@ -61,6 +61,22 @@ fn rss_kib(pid: u32) -> u64 {
 }
 
 /// RLIMIT_NOFILE raised to the hard limit; the soft limit now in force.
+/// `wanted` pending handshakes (named `what`), or as many as the hard
+/// descriptor limit allows, saying so: each holds two descriptors in the
+/// binary, its socket and its reserved upstream socket.
+fn as_many_as_descriptors_allow(wanted: usize, what: &str) -> usize {
+    let limit = raise_to_hard_limit();
+    if limit >= 2 * wanted + FD_SPARE {
+        return wanted;
+    }
+    let n = (limit - FD_SPARE) / 2;
+    eprintln!(
+        "attack: NOTE: RLIMIT_NOFILE hard limit is {limit}: {n} {what} instead of {wanted} \
+         (each holds two descriptors in the binary: its socket and its reserved upstream socket)"
+    );
+    n
+}
+
 fn raise_to_hard_limit() -> usize {
     let mut lim = libc::rlimit {
         rlim_cur: 0,
@@ -143,15 +159,7 @@ fn settled_fds(pid: u32) -> usize {
 
 #[test]
 fn silent_socks_clients_are_closed_by_connect_timeout_while_real_clients_get_through() {
-    let limit = raise_to_hard_limit();
-    let mut silent_n = SILENT;
-    if limit < 2 * SILENT + FD_SPARE {
-        silent_n = (limit - FD_SPARE) / 2;
-        eprintln!(
-            "attack: NOTE: RLIMIT_NOFILE is {limit}: {silent_n} silent clients instead of {SILENT} \
-             (each holds two descriptors in the binary)"
-        );
-    }
+    let silent_n = as_many_as_descriptors_allow(SILENT, "silent clients");
     let backend = echo_backend();
     let entry = free_port();
     let config = format!(
@@ -316,16 +324,7 @@ fn flood(pid: u32, socks: u16, http: u16, n: usize, fd_baseline: usize) -> (Vec<
 
 #[test]
 fn a_flood_of_half_open_handshakes_stays_within_the_handshake_bound() {
-    let limit = raise_to_hard_limit();
-    let mut n = HALF_OPEN;
-    if limit < 2 * HALF_OPEN + FD_SPARE {
-        n = (limit - FD_SPARE) / 2;
-        eprintln!(
-            "attack: NOTE: RLIMIT_NOFILE hard limit is {limit}: {n} half-open handshakes instead of \
-             {HALF_OPEN} (each holds two descriptors in the binary: its socket and its reserved \
-             upstream socket)"
-        );
-    }
+    let n = as_many_as_descriptors_allow(HALF_OPEN, "half-open handshakes");
     // connect-timeout long enough to hold the flood while it is measured
     // (the first test shows the timeout ending handshakes). A fresh binary
     // for each buffer size, so that neither reuses what the other freed.
