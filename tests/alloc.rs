@@ -178,43 +178,58 @@ fn one_tunnel(addr: SocketAddr) {
     assert_eq!(s.read_to_end(&mut rest).unwrap(), 0, "EOF after the reply");
 }
 
-/// The sockets this process holds (the engine's, the backend's and the
-/// proxy's), or `None` where `/proc/self/fd` cannot be read.
-fn sockets() -> Option<usize> {
-    let dir = std::fs::read_dir("/proc/self/fd").ok()?;
-    Some(
-        dir.filter_map(|e| std::fs::read_link(e.ok()?.path()).ok())
-            .filter(|target| target.to_string_lossy().starts_with("socket:"))
-            .count(),
-    )
+/// The connected sockets this process holds (tunnels' sockets in the
+/// engine, the backend and the proxy; not listeners, and not a socket that
+/// is not connected, like the engine's reserve), or `None` where
+/// `/proc/self/fd` cannot be read. (A descriptor closed and reused while
+/// this looks is at worst counted once too often: the caller asks again.)
+fn open_connections() -> Option<usize> {
+    let mut open = 0;
+    for fd in std::fs::read_dir("/proc/self/fd").ok()? {
+        let Some(fd) = fd
+            .ok()
+            .and_then(|fd| fd.file_name().to_str()?.parse::<i32>().ok())
+        else {
+            continue;
+        };
+        let mut peer: libc::sockaddr_storage = unsafe { std::mem::zeroed() };
+        let mut len = std::mem::size_of::<libc::sockaddr_storage>() as libc::socklen_t;
+        // SAFETY: `peer` and `len` are valid for writes of `len` bytes; on a
+        // descriptor that is not a connected socket the call only fails.
+        let connected =
+            unsafe { libc::getpeername(fd, (&raw mut peer).cast::<libc::sockaddr>(), &mut len) }
+                == 0;
+        open += usize::from(connected);
+    }
+    Some(open)
 }
 
 /// Waits until every tunnel is closed on all sides, the engine's included
-/// (the client's EOF comes before the engine closes its side): the
-/// process is back to the `idle` sockets it held before any tunnel.
-fn settle(idle: Option<usize>) {
-    let (Some(idle), Some(_)) = (idle, sockets()) else {
+/// (the client's EOF comes before the engine closes its side): no
+/// connected socket left in the process.
+fn settle() {
+    if open_connections().is_none() {
         thread::sleep(Duration::from_millis(200));
         return;
-    };
+    }
     let start = std::time::Instant::now();
-    while sockets().is_some_and(|n| n > idle) {
+    while open_connections().is_some_and(|n| n > 0) {
         assert!(
             start.elapsed() < TIMEOUT,
-            "tunnels still open after {TIMEOUT:?}: {:?} sockets, {idle} when idle",
-            sockets()
+            "tunnels still open after {TIMEOUT:?}: {:?} connected sockets",
+            open_connections()
         );
         thread::sleep(Duration::from_millis(2));
     }
 }
 
-fn allocations_for(addr: SocketAddr, tunnels: u64, idle: Option<usize>) -> u64 {
-    settle(idle);
+fn allocations_for(addr: SocketAddr, tunnels: u64) -> u64 {
+    settle();
     let before = ALLOCS.load(Ordering::Relaxed);
     for _ in 0..tunnels {
         one_tunnel(addr);
     }
-    settle(idle);
+    settle();
     ALLOCS.load(Ordering::Relaxed) - before
 }
 
@@ -235,8 +250,6 @@ fn a_tunnel_allocates_a_constant_small_number_of_times() {
         engine.run().expect("engine runs");
     });
     let (addrs, handle) = rx.recv_timeout(TIMEOUT).expect("engine started");
-    // The sockets held before any tunnel (the listeners and the like).
-    let idle = sockets();
     let mut report = Vec::new();
     for (name, addr, max) in [
         ("direct", addrs[0], MAX_DIRECT),
@@ -244,9 +257,9 @@ fn a_tunnel_allocates_a_constant_small_number_of_times() {
     ] {
         // Warm-up: the slab, the timer heap, the queues and the log buffer
         // grow once.
-        allocations_for(addr, 200, idle);
-        let small = allocations_for(addr, 100, idle);
-        let large = allocations_for(addr, 400, idle);
+        allocations_for(addr, 200);
+        let small = allocations_for(addr, 100);
+        let large = allocations_for(addr, 400);
         report.push(format!(
             "{name}: {small} allocations for 100 tunnels, {large} for 400 ({:.2} per tunnel)",
             large as f64 / 400.0
